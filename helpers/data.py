@@ -1,0 +1,469 @@
+"""Finding the dataset, scanning it into a table, and splitting it by patient.
+
+The Kaggle "Chest X-Ray Images (Pneumonia)" dataset comes as
+``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg``, often wrapped once more
+(``chest_xray/chest_xray/...``) with macOS debris beside it. :func:`resolve_layout` finds the
+split folders in whatever shape people have; :func:`scan` turns them into one pandas row per
+image; :func:`make_splits` carves a validation set grouped by patient, because the same
+patient's X-rays on both sides of a split would let the model be graded on what it memorised.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from helpers.config import CLASSES, KAGGLE_DATASET, Config, outputs_dir, project_root
+
+SPLITS: tuple[str, str, str] = ("train", "val", "test")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+SYSTEM_JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}
+KAGGLE_INPUT = Path("/kaggle/input")
+COLUMNS = [
+    "path",
+    "split",
+    "label",
+    "target",
+    "patient",
+    "kind",
+    "width",
+    "height",
+    "mode",
+    "bytes",
+]
+
+_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)", re.IGNORECASE)
+_IM = re.compile(r"(?:^|-)(IM-\d+)-\d+", re.IGNORECASE)
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as given; the message says which folder and why."""
+
+
+# --- file names ---------------------------------------------------------------------------
+
+
+def patient_id(filename: str) -> str:
+    """The patient a Kaggle file name belongs to.
+
+    ``person123_bacteria_456.jpeg`` -> ``person123``; ``IM-0115-0001.jpeg``,
+    ``NORMAL2-IM-1427-0001.jpeg`` and ``IM-0429-0001-0001.jpeg`` -> the ``IM-nnnn`` id.
+    The ``NORMAL2-`` batch reuses IM numbers; treating equal numbers as one patient can only
+    merge groups, never leak a patient across a split. Unknown patterns fall back to the file
+    stem (each image its own patient).
+    """
+    name = Path(filename).name
+    match = _PERSON.match(name) or _IM.search(name)
+    if match:
+        return match.group(1).lower() if match.re is _PERSON else match.group(1).upper()
+    return Path(name).stem
+
+
+def pneumonia_kind(filename: str, label: str) -> str:
+    """``bacteria``/``virus`` for PNEUMONIA (from the file name), ``none`` for NORMAL."""
+    if label == "NORMAL":
+        return "none"
+    lower = Path(filename).name.lower()
+    for kind in ("bacteria", "virus"):
+        if kind in lower:
+            return kind
+    return "unknown"
+
+
+# --- layout -------------------------------------------------------------------------------
+
+
+def _children(folder: Path) -> dict[str, Path]:
+    """Sub-folders by lower-case name, skipping hidden folders and ``__MACOSX``."""
+    if not folder.is_dir():
+        return {}
+    return {
+        p.name.lower(): p
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and not p.name.startswith((".", "__MACOSX"))
+    }
+
+
+def resolve_layout(path: str | Path, max_depth: int = 3) -> dict[str, Path]:
+    """Map each split present (``train``/``val``/``test``) to its folder.
+
+    Accepts the dataset root, a folder above it (the Kaggle zip's ``chest_xray/chest_xray``
+    nesting, ``__MACOSX`` beside it), partial layouts (only ``train/`` or only ``test/``) and
+    a split folder itself (``.../test`` holding the class folders). Folder names are matched
+    case-insensitively. The shallowest folder with split sub-folders wins.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    if root.name.lower() in SPLITS and _has_class_folders(root):
+        return {root.name.lower(): root}
+    frontier = [root]
+    for _ in range(max_depth + 1):
+        nxt: list[Path] = []
+        for folder in frontier:
+            children = _children(folder)
+            splits = {s: children[s] for s in SPLITS if s in children}
+            if splits:
+                return splits
+            nxt.extend(children.values())
+        frontier = nxt
+    raise DatasetError(
+        f"{root}: no train/, val/ or test/ folder found (looked {max_depth} levels down); "
+        "expected chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}"
+    )
+
+
+def _has_class_folders(folder: Path) -> bool:
+    return any(c.lower() in _children(folder) for c in CLASSES)
+
+
+# --- scan ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan` found: usable images, problem files and notes about the layout."""
+
+    root: Path
+    images: pd.DataFrame
+    problems: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    ignored_junk: int = 0
+
+    def counts(self) -> pd.DataFrame:
+        """Images per split (rows) and class (columns), with totals."""
+        table = pd.crosstab(self.images["split"], self.images["label"])
+        table = table.reindex(index=[s for s in SPLITS if s in table.index], columns=list(CLASSES))
+        table = table.fillna(0).astype(int)
+        table["total"] = table.sum(axis=1)
+        return table
+
+    def describe(self) -> str:
+        """A short human-readable report: counts, patients, problems, notes."""
+        lines = [f"dataset: {self.root}"]
+        if len(self.images):
+            lines.append(self.counts().to_string())
+            lines.append(f"patients: {self.images['patient'].nunique():,}")
+        lines.append(f"problems: {len(self.problems)}")
+        lines += [f"  {row.path}: {row.reason}" for row in self.problems.head(20).itertuples()]
+        if len(self.problems) > 20:
+            lines.append(f"  ... and {len(self.problems) - 20} more")
+        if self.ignored_junk:
+            lines.append(f"ignored system files (.DS_Store and the like): {self.ignored_junk}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _complete_file(path: Path, fmt: str) -> bool:
+    """Cheap end-of-file check: a JPEG ends with the EOI marker, a PNG with IEND.
+
+    Catches truncated downloads without decoding the whole image (a few bytes read).
+    """
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 64))
+        tail = fh.read()
+    if fmt == "JPEG":
+        return b"\xff\xd9" in tail
+    if fmt == "PNG":
+        return b"IEND" in tail
+    return True
+
+
+def read_header(path: Path) -> tuple[int, int, str, str]:
+    """``(width, height, mode, format)`` from the image header, without decoding pixels.
+
+    Raises ``ValueError`` with the reason when the file is empty, not an image, or truncated.
+    """
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            width, height, mode, fmt = img.width, img.height, img.mode, img.format or "?"
+    except UnidentifiedImageError:
+        raise ValueError("not an image PIL can read") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"too large to be safe ({err})") from None
+    except OSError as err:
+        raise ValueError(f"unreadable image header ({err})") from None
+    if not _complete_file(path, fmt):
+        raise ValueError(f"truncated {fmt} file (no end-of-image marker)")
+    return width, height, mode, fmt
+
+
+def scan(path: str | Path, splits: Iterable[str] = SPLITS) -> ScanResult:
+    """One row per usable image under ``path`` (see ``docs/architecture.md`` for columns).
+
+    Reads only image headers (fast: no decoding). Files that are not usable images are
+    listed in ``problems`` with the reason; hidden/system files are counted, not listed;
+    folders that are not NORMAL/PNEUMONIA are reported in ``notes`` and their files ignored.
+    """
+    layout = resolve_layout(path)
+    rows: list[dict] = []
+    problems: list[dict] = []
+    notes: list[str] = []
+    junk = 0
+    for split in [s for s in splits if s in layout]:
+        folder = layout[split]
+        children = _children(folder)
+        for name, sub in children.items():
+            if name.upper() not in CLASSES:
+                count = sum(1 for p in sub.rglob("*") if p.is_file())
+                notes.append(f"{sub}: unknown class folder '{sub.name}' ({count} files ignored)")
+        for target, label in enumerate(CLASSES):
+            class_dir = children.get(label.lower())
+            if class_dir is None:
+                notes.append(f"{folder}: no {label} folder")
+                continue
+            files = sorted(p for p in class_dir.iterdir() if p.is_file())
+            if not files:
+                notes.append(f"{class_dir}: empty class folder")
+            for file in files:
+                if file.name in SYSTEM_JUNK or file.name.startswith("._"):
+                    junk += 1
+                    continue
+                if file.name.startswith("."):
+                    junk += 1
+                    continue
+                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                    problems.append(
+                        {
+                            "path": str(file),
+                            "reason": f"not an image file name ({file.suffix or 'no suffix'})",
+                        }
+                    )
+                    continue
+                try:
+                    width, height, mode, _ = read_header(file)
+                except ValueError as err:
+                    problems.append({"path": str(file), "reason": str(err)})
+                    continue
+                rows.append(
+                    {
+                        "path": str(file.resolve()),
+                        "split": split,
+                        "label": label,
+                        "target": target,
+                        "patient": patient_id(file.name),
+                        "kind": pneumonia_kind(file.name, label),
+                        "width": width,
+                        "height": height,
+                        "mode": mode,
+                        "bytes": file.stat().st_size,
+                    }
+                )
+    images = pd.DataFrame(rows, columns=COLUMNS)
+    problem_table = pd.DataFrame(problems, columns=["path", "reason"])
+    return ScanResult(Path(path), images, problem_table, notes, junk)
+
+
+def scan_report(result: ScanResult) -> dict:
+    """A JSON-friendly summary of a scan, with ``usable`` and the ``reason`` when not."""
+    images = result.images
+    counts = {
+        split: {
+            label: int(((images["split"] == split) & (images["label"] == label)).sum())
+            for label in CLASSES
+        }
+        for split in SPLITS
+        if (images["split"] == split).any()
+    }
+    reason = ""
+    if images.empty:
+        reason = f"{result.root}: no usable images found"
+    else:
+        for split, by_class in counts.items():
+            missing = [label for label, n in by_class.items() if n == 0]
+            if missing and split != "val":
+                reason = f"{result.root}: split '{split}' has no {' or '.join(missing)} images"
+                break
+    return {
+        "root": str(result.root),
+        "counts": counts,
+        "patients": int(images["patient"].nunique()),
+        "problems": result.problems.to_dict(orient="records"),
+        "ignored_junk": result.ignored_junk,
+        "notes": result.notes,
+        "usable": not reason,
+        "reason": reason,
+    }
+
+
+# --- splits and weights -------------------------------------------------------------------
+
+
+def make_splits(images: pd.DataFrame, config: Config) -> dict[str, pd.DataFrame]:
+    """Train, validation and test tables.
+
+    The official ``val/`` folder holds 16 images: too few to stop training on. So the
+    official train and val are pooled and ``config.val_split`` of the images is carved out,
+    grouped by patient (no patient on both sides) and stratified by class, determined by
+    ``config.seed``. ``test`` is the official test folder, untouched. ``config.subset``
+    (quick mode) caps the training set, keeping whole patients.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pool = images[images["split"].isin(["train", "val"])].reset_index(drop=True)
+    test = images[images["split"] == "test"].reset_index(drop=True)
+    if pool.empty:
+        return {"train": pool, "val": pool.copy(), "test": test}
+    n_folds = max(2, round(1 / config.val_split))
+    if pool["patient"].nunique() < n_folds or pool["target"].value_counts().min() < n_folds:
+        raise DatasetError(
+            f"too few patients ({pool['patient'].nunique()}) or images per class to carve a "
+            f"{config.val_split:.0%} validation split grouped by patient"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=config.seed)
+    train_idx, val_idx = next(folds.split(pool, pool["target"], groups=pool["patient"]))
+    train, val = pool.iloc[train_idx], pool.iloc[val_idx]
+    if config.subset and len(train) > config.subset:
+        n_val = round(config.subset * config.val_split / (1 - config.val_split))
+        train = _patient_subset(train, config.subset, config.seed)
+        val = _patient_subset(val, n_val, config.seed) if len(val) > n_val else val
+    return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True), "test": test}
+
+
+def _patient_subset(table: pd.DataFrame, n_images: int, seed: int) -> pd.DataFrame:
+    """About ``n_images`` rows made of whole patients, class balance kept (seeded)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, by_class in table.groupby("target"):
+        share = round(n_images * len(by_class) / len(table))
+        patients = np.array(sorted(by_class["patient"].unique()), dtype=object)
+        rng.shuffle(patients)
+        sizes = by_class.groupby("patient").size().loc[patients].cumsum()
+        keep = sizes.index[: max(1, int(np.searchsorted(sizes.to_numpy(), share)) + 1)]
+        parts.append(by_class[by_class["patient"].isin(keep)])
+    return pd.concat(parts).sort_index()
+
+
+def class_weights(targets: Iterable[int], n_classes: int = len(CLASSES)) -> dict[str, float]:
+    """The article's loss weights: ``weight[c] = n_total / (n_c * n_classes)``.
+
+    The rarer class (NORMAL, 1,341 of 5,216) gets the larger weight, so each class
+    contributes equally to the loss in expectation.
+    """
+    counts = np.bincount(np.asarray(list(targets), dtype=int), minlength=n_classes)
+    if (counts == 0).any():
+        missing = [CLASSES[i] for i in np.flatnonzero(counts == 0)]
+        raise DatasetError(f"cannot weight classes: no {', '.join(missing)} images")
+    total = int(counts.sum())
+    return {CLASSES[c]: total / (int(counts[c]) * n_classes) for c in range(n_classes)}
+
+
+# --- finding (and downloading) the dataset -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    """Where the data was found and how: ``source`` in argument, env, project, kaggle-input,
+    kagglehub or demo. ``is_demo`` marks synthetic data, never to be read as medical results."""
+
+    root: Path
+    source: str
+    is_demo: bool = False
+
+
+def _network_answers(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host`` opens within ``timeout`` seconds (never hangs)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _kaggle_input_dataset() -> Path | None:
+    """The dataset attached to a Kaggle notebook (``/kaggle/input/<name>/chest_xray``), if any."""
+    if not KAGGLE_INPUT.is_dir():
+        return None
+    for candidate in sorted(KAGGLE_INPUT.iterdir()):
+        try:
+            resolve_layout(candidate)
+            return candidate
+        except DatasetError:
+            continue
+    return None
+
+
+def download_with_kagglehub() -> Path:
+    """Download the dataset with ``kagglehub`` (cached by kagglehub after the first time).
+
+    Needs Kaggle credentials: ``kagglehub.login()``, ``~/.kaggle/kaggle.json`` or the
+    ``KAGGLE_USERNAME``/``KAGGLE_KEY`` variables (Colab: add them as secrets).
+    """
+    import kagglehub  # optional dependency: pip install kagglehub
+
+    try:
+        return Path(kagglehub.dataset_download(KAGGLE_DATASET))
+    except Exception as err:  # kagglehub raises several types; turn them into one message
+        text = str(err)
+        if "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text:
+            raise DatasetError(
+                f"Kaggle refused the download of {KAGGLE_DATASET} ({text.strip()[:200]}). "
+                "Set KAGGLE_USERNAME and KAGGLE_KEY (Colab: Secrets panel), run "
+                "kagglehub.login(), or download the zip by hand (see data/README.md)."
+            ) from err
+        raise DatasetError(
+            f"kagglehub could not download {KAGGLE_DATASET}: {text.strip()[:300]}"
+        ) from err
+
+
+def find_dataset(
+    path: str | Path | None = None, *, download: bool = True, demo_images: int = 600
+) -> DatasetLocation:
+    """Find the dataset, in this order, and say where it came from.
+
+    1. ``path`` (argument), then ``PNEUMONIA_DATA_DIR``: must exist, else an error.
+    2. ``data/chest_xray`` in the project.
+    3. A Kaggle notebook's attached input (``/kaggle/input/...``).
+    4. ``kagglehub`` download, when it is installed and kaggle.com answers (checked with a
+       3-second connection attempt, so offline machines never hang).
+    5. Otherwise the synthetic demo dataset, generated once under ``outputs/demo-data``, with
+       a loud message: results on it are not medical results.
+    """
+    explicit = [(path, "argument"), (os.environ.get("PNEUMONIA_DATA_DIR") or None, "env")]
+    for candidate, source in explicit:
+        if candidate is not None:
+            resolve_layout(candidate)  # raises with the reason when unusable
+            return DatasetLocation(Path(candidate).expanduser(), source)
+    local = project_root() / "data" / "chest_xray"
+    if local.is_dir():
+        return DatasetLocation(local, "project")
+    kaggle = _kaggle_input_dataset()
+    if kaggle is not None:
+        return DatasetLocation(kaggle, "kaggle-input")
+    if download and _kagglehub_available() and _network_answers():
+        return DatasetLocation(download_with_kagglehub(), "kagglehub")
+    from helpers.demo import make_demo_dataset
+
+    root = make_demo_dataset(outputs_dir() / "demo-data", n_images=demo_images)
+    message = (
+        "*** The real dataset was not found: using the SYNTHETIC demo dataset in "
+        f"{root}. Numbers and figures from it are not medical results. To use the real X-rays, "
+        "see data/README.md (Kaggle download into data/chest_xray, or set PNEUMONIA_DATA_DIR). ***"
+    )
+    warnings.warn(message, stacklevel=2)
+    print(message, file=sys.stderr)
+    return DatasetLocation(root, "demo", is_demo=True)
+
+
+def _kagglehub_available() -> bool:
+    try:
+        import kagglehub  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,174 @@
+"""A synthetic stand-in for the Kaggle dataset, so every notebook runs without it.
+
+The images are drawn, not photographed: a body, two dark lung fields, ribs, spine and
+heart, with PNEUMONIA cases carrying bright opacities in the lungs (dense focal patches for
+"bacteria", fainter diffuse mottling for "virus"). Everything else mimics the real dataset's
+shape: the Kaggle folder layout and file names, several images per patient, ~26/74 class
+balance in train and ~38/62 in test, widths spread over a 2:1 range with aspect ratios mostly
+1.1-1.8 (smaller than real X-rays, for speed), a few RGB files among grayscale ones, and a
+mild exposure shift in the test split, like the real test set's. A small CNN can learn the
+signal; nothing learned from it is a medical result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from helpers.config import CLASSES
+
+MARKER = "DEMO_DATASET.json"
+TEST_FRACTION = 0.15
+VAL_PER_CLASS = 4  # the Kaggle val folder holds 8 + 8
+TRAIN_NORMAL_SHARE = 1341 / 5216
+TEST_NORMAL_SHARE = 234 / 624
+VIRUS_SHARE = 1345 / 3875
+
+
+def _ellipse(
+    xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, rx: float, ry: float, soft: float
+) -> np.ndarray:
+    """A soft-edged ellipse mask in [0, 1]."""
+    r = np.sqrt(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)
+    return 1.0 / (1.0 + np.exp(np.minimum((r - 1.0) / soft, 50.0)))
+
+
+def draw_xray(
+    rng: np.random.Generator, width: int, height: int, kind: str, shift: bool = False
+) -> np.ndarray:
+    """One synthetic chest X-ray as uint8 (height, width); ``kind`` is none, bacteria or virus."""
+    xx, yy = np.meshgrid(
+        np.linspace(-1, 1, width, dtype=np.float32), np.linspace(-1, 1, height, dtype=np.float32)
+    )
+    jitter = rng.normal(0, 0.03, size=6)
+    body = _ellipse(xx, yy, jitter[0], 0.15 + jitter[1], 0.9, 1.15, 0.05)
+    img = 0.08 + 0.5 * body
+    lungs = np.zeros_like(xx)
+    centres = [(-0.38 + jitter[2], -0.05 + jitter[3]), (0.38 + jitter[4], -0.05 + jitter[5])]
+    for cx, cy in centres:
+        lungs = np.maximum(lungs, _ellipse(xx, yy, cx, cy, 0.27, 0.58, 0.08))
+    img -= 0.33 * lungs
+    img += 0.18 * _ellipse(xx, yy, 0.0, 0.0, 0.09, 1.2, 0.1)  # spine and mediastinum
+    img += 0.16 * _ellipse(xx, yy, 0.14, 0.32, 0.24, 0.22, 0.12)  # heart
+    rib_phase = (yy - 0.35 * xx**2) * rng.uniform(7.5, 9.5) * np.pi
+    img += 0.07 * body * np.clip(np.cos(rib_phase), 0, None) ** 3
+    if kind != "none":
+        img += _opacities(rng, xx, yy, centres, kind) * lungs
+    elif rng.random() < 0.3:  # faint healthy variation, so the task is not trivial
+        img += 0.4 * _opacities(rng, xx, yy, centres, "virus") * lungs
+    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
+    contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
+    if shift:
+        contrast, brightness = contrast * 0.85, brightness + 0.06
+    img = (img - 0.4) * contrast + 0.4 + brightness
+    img += rng.normal(0, 0.02, size=img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _opacities(rng, xx, yy, centres, kind: str) -> np.ndarray:
+    """Bright patches inside the lungs: few dense ones (bacteria) or many faint ones (virus)."""
+    out = np.zeros_like(xx)
+    count, amp, size = (
+        (rng.integers(1, 3), (0.25, 0.4), (0.1, 0.2))
+        if kind == "bacteria"
+        else (rng.integers(5, 10), (0.1, 0.18), (0.05, 0.1))
+    )
+    for _ in range(int(count)):
+        cx, cy = centres[rng.integers(0, 2)]
+        px, py = cx + rng.uniform(-0.2, 0.2), cy + rng.uniform(-0.4, 0.45)
+        sigma = rng.uniform(*size)
+        out += rng.uniform(*amp) * np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / (2 * sigma**2))
+    return out
+
+
+def _image_size(rng: np.random.Generator, label: str) -> tuple[int, int]:
+    """Width over a 2:1 range (NORMAL a little larger, as in the real data), aspect ~1.1-1.8."""
+    width = int(rng.uniform(360, 640) if label == "NORMAL" else rng.uniform(320, 600))
+    aspect = float(np.clip(rng.normal(1.4, 0.18), 1.05, 1.95))
+    return width, int(width / aspect)
+
+
+def _split_plan(n_images: int) -> dict[str, dict[str, int]]:
+    """How many images of each class go into each split."""
+    n_test = max(2, round(n_images * TEST_FRACTION))
+    n_val = 2 * VAL_PER_CLASS if n_images >= 100 else 2
+    n_train = n_images - n_test - n_val
+    if n_train < 4:
+        raise ValueError(f"n_images={n_images} is too small for a demo dataset (need at least 10)")
+    plan = {}
+    for split, n, share in (
+        ("train", n_train, TRAIN_NORMAL_SHARE),
+        ("val", n_val, 0.5),
+        ("test", n_test, TEST_NORMAL_SHARE),
+    ):
+        normal = max(1, round(n * share))
+        plan[split] = {"NORMAL": normal, "PNEUMONIA": n - normal}
+    return plan
+
+
+def _file_names(
+    rng: np.random.Generator, label: str, n: int, counters: dict[str, int]
+) -> list[tuple[str, str]]:
+    """``n`` Kaggle-style ``(file name, kind)`` pairs, grouped into patients of 1-3 images."""
+    names: list[tuple[str, str]] = []
+    while len(names) < n:
+        counters["patient"] += 1
+        pid = counters["patient"]
+        per_patient = int(rng.choice([1, 1, 1, 2, 2, 3]))
+        if label == "NORMAL":
+            prefix = "NORMAL2-" if rng.random() < 0.5 else ""
+            for k in range(per_patient):
+                names.append((f"{prefix}IM-{pid:04d}-{k + 1:04d}.jpeg", "none"))
+        else:
+            kind = "virus" if rng.random() < VIRUS_SHARE else "bacteria"
+            for _ in range(per_patient):
+                counters["image"] += 1
+                names.append((f"person{pid}_{kind}_{counters['image']}.jpeg", kind))
+    return names[:n]
+
+
+def make_demo_dataset(out: str | Path, n_images: int = 600, seed: int = 42) -> Path:
+    """Write the demo dataset to ``out/chest_xray`` and return that folder.
+
+    Deterministic from ``seed``. Reused when already written with the same settings;
+    written into a temporary folder and renamed, so an interrupted run leaves nothing
+    half-made. An existing ``chest_xray`` that is not a demo dataset is never overwritten.
+    """
+    out = Path(out)
+    root = out / "chest_xray"
+    settings = {"n_images": n_images, "seed": seed, "version": 1}
+    marker = root / MARKER
+    if root.exists():
+        if marker.is_file() and json.loads(marker.read_text()) == settings:
+            return root
+        if not marker.is_file():
+            raise FileExistsError(f"{root} exists and is not a demo dataset: not overwriting it")
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
+    try:
+        counters = {"patient": 100, "image": 1000}
+        for split, by_class in _split_plan(n_images).items():
+            for label in CLASSES:
+                folder = tmp / split / label
+                folder.mkdir(parents=True)
+                for name, kind in _file_names(rng, label, by_class[label], counters):
+                    width, height = _image_size(rng, label)
+                    pixels = draw_xray(rng, width, height, kind, shift=split == "test")
+                    image = Image.fromarray(pixels, mode="L")
+                    if rng.random() < 0.05:  # a few RGB files, as in the real data
+                        image = image.convert("RGB")
+                    image.save(folder / name, quality=90)
+        (tmp / MARKER).write_text(json.dumps(settings))
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root

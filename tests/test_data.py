@@ -1,0 +1,250 @@
+"""The data layer: layouts, scanning, patient ids, grouped splits, class weights, discovery."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import data
+from helpers.config import Config
+from helpers.data import (
+    DatasetError,
+    class_weights,
+    find_dataset,
+    make_splits,
+    patient_id,
+    pneumonia_kind,
+    resolve_layout,
+    scan,
+    scan_report,
+)
+
+
+def _jpeg(path: Path, size=(40, 30), mode="L") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, 128 if mode == "L" else (128, 128, 128)).save(path, format="JPEG")
+    return path
+
+
+def _tiny_layout(root: Path, splits=("train", "val", "test")) -> Path:
+    for split in splits:
+        _jpeg(root / split / "NORMAL" / "IM-0001-0001.jpeg")
+        _jpeg(root / split / "PNEUMONIA" / "person1_bacteria_1.jpeg", mode="RGB")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("name", "patient"),
+    [
+        ("person123_bacteria_456.jpeg", "person123"),
+        ("person1_virus_6.jpeg", "person1"),
+        ("person447_virus_921_1.jpeg", "person447"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("NORMAL2-IM-1427-0001.jpeg", "IM-1427"),
+        ("IM-0429-0001-0001.jpeg", "IM-0429"),
+        ("IM-0429-0001-0002.jpeg", "IM-0429"),
+        ("scan_of_someone.png", "scan_of_someone"),
+    ],
+)
+def test_patient_id_from_kaggle_names(name, patient):
+    assert patient_id(name) == patient
+
+
+def test_pneumonia_kind():
+    assert pneumonia_kind("person1_virus_6.jpeg", "PNEUMONIA") == "virus"
+    assert pneumonia_kind("person3_bacteria_10.jpeg", "PNEUMONIA") == "bacteria"
+    assert pneumonia_kind("IM-0001-0001.jpeg", "NORMAL") == "none"
+    assert pneumonia_kind("odd.jpeg", "PNEUMONIA") == "unknown"
+
+
+def test_resolve_layout_plain_nested_and_partial(tmp_path):
+    plain = _tiny_layout(tmp_path / "plain" / "chest_xray")
+    assert set(resolve_layout(plain)) == {"train", "val", "test"}
+    # The Kaggle zip: chest_xray/chest_xray/... with __MACOSX beside it.
+    nested = tmp_path / "zip"
+    _tiny_layout(nested / "chest_xray" / "chest_xray")
+    _jpeg(nested / "chest_xray" / "__MACOSX" / "train" / "NORMAL" / "._x.jpeg")
+    found = resolve_layout(nested)
+    assert found["train"] == nested / "chest_xray" / "chest_xray" / "train"
+    # Only a test folder, pointed at either from above or directly.
+    only_test = _tiny_layout(tmp_path / "only_test", splits=("test",))
+    assert set(resolve_layout(only_test)) == {"test"}
+    assert set(resolve_layout(only_test / "test")) == {"test"}
+
+
+def test_resolve_layout_errors_name_the_folder(tmp_path):
+    with pytest.raises(DatasetError, match="no such folder"):
+        resolve_layout(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no train/, val/ or test/"):
+        resolve_layout(tmp_path / "empty")
+
+
+def test_scan_columns_and_values(tmp_path):
+    root = _tiny_layout(tmp_path / "chest_xray")
+    result = scan(root)
+    assert list(result.images.columns) == data.COLUMNS
+    assert len(result.images) == 6 and result.problems.empty
+    row = result.images[
+        (result.images.split == "train") & (result.images.label == "PNEUMONIA")
+    ].iloc[0]
+    assert (row.width, row.height, row["mode"], row.patient, row.kind, row.target) == (
+        40,
+        30,
+        "RGB",
+        "person1",
+        "bacteria",
+        1,
+    )
+
+
+def test_scan_reports_corrupt_and_stray_files(tmp_path):
+    root = _tiny_layout(tmp_path / "chest_xray")
+    normal = root / "train" / "NORMAL"
+    (normal / "notes.txt").write_text("my notes")
+    (normal / "empty.jpeg").write_bytes(b"")
+    (normal / "text.jpeg").write_text("not really a jpeg")
+    noisy = np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)
+    Image.fromarray(noisy).save(normal / "full.jpeg")
+    good = (normal / "full.jpeg").read_bytes()
+    (normal / "full.jpeg").unlink()
+    (normal / "IM-0002-0001.jpeg").write_bytes(good[: len(good) // 2])  # truncated download
+    (normal / ".DS_Store").write_bytes(b"\0\0")
+    result = scan(root)
+    reasons = {
+        Path(p).name: r for p, r in zip(result.problems.path, result.problems.reason, strict=True)
+    }
+    assert set(reasons) == {"notes.txt", "empty.jpeg", "text.jpeg", "IM-0002-0001.jpeg"}
+    assert "0 bytes" in reasons["empty.jpeg"]
+    assert "truncated" in reasons["IM-0002-0001.jpeg"]
+    assert result.ignored_junk == 1
+    assert len(result.images) == 6  # the good files are all still there
+
+
+def test_scan_case_insensitive_and_unknown_classes(tmp_path):
+    root = tmp_path / "chest_xray"
+    _jpeg(root / "train" / "normal" / "IM-0001-0001.jpeg")
+    _jpeg(root / "train" / "pneumonia" / "person1_virus_1.jpeg")
+    _jpeg(root / "train" / "COVID" / "covid1.jpeg")
+    result = scan(root)
+    assert sorted(result.images.label) == ["NORMAL", "PNEUMONIA"]
+    assert any("COVID" in note and "1 files ignored" in note for note in result.notes)
+
+
+def test_scan_report_usable_and_not(tmp_path):
+    root = _tiny_layout(tmp_path / "chest_xray")
+    assert scan_report(scan(root))["usable"]
+    shutil.rmtree(root / "test" / "PNEUMONIA")
+    report = scan_report(scan(root))
+    assert not report["usable"] and "test" in report["reason"] and "PNEUMONIA" in report["reason"]
+    (root / "test" / "PNEUMONIA").mkdir()
+    assert any("empty class folder" in n for n in scan(root).notes)
+
+
+def test_grouped_split_is_disjoint_stratified_and_seeded(demo_root):
+    images = scan(demo_root).images
+    config = Config().replace(val_split=0.2)
+    splits = make_splits(images, config)
+    train, val = splits["train"], splits["val"]
+    assert not set(train.patient) & set(val.patient)
+    assert len(train) + len(val) == int(images.split.isin(["train", "val"]).sum())
+    assert abs(len(val) / (len(train) + len(val)) - 0.2) < 0.05
+    assert abs(val.target.mean() - train.target.mean()) < 0.08
+    again = make_splits(images, config)
+    assert list(again["val"].path) == list(val.path)
+    other = make_splits(images, config.replace(seed=config.seed + 1))
+    assert list(other["val"].path) != list(val.path)
+    assert (splits["test"].split == "test").all()
+
+
+def test_subset_keeps_whole_patients(demo_root):
+    images = scan(demo_root).images
+    splits = make_splits(images, Config().replace(val_split=0.2, subset=100))
+    train = splits["train"]
+    assert 80 <= len(train) <= 130
+    full = images[images.split.isin(["train", "val"])].groupby("patient").size()
+    kept = train.groupby("patient").size()
+    assert kept.to_dict() == full.loc[kept.index].to_dict()
+
+
+def test_class_weights_formula():
+    weights = class_weights([0] * 1341 + [1] * 3875)
+    assert weights == {"NORMAL": 1.9448173005219984, "PNEUMONIA": 0.6730322580645162}
+    assert class_weights([0, 1, 1, 1]) == {"NORMAL": 2.0, "PNEUMONIA": 4 / 6}
+    with pytest.raises(DatasetError, match="no NORMAL"):
+        class_weights([1, 1])
+
+
+def test_find_dataset_order(tmp_path, monkeypatch):
+    explicit = _tiny_layout(tmp_path / "mine" / "chest_xray")
+    assert find_dataset(explicit).source == "argument"
+    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(explicit))
+    assert find_dataset().source == "env"
+    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(DatasetError, match="no such folder"):
+        find_dataset()
+    monkeypatch.delenv("PNEUMONIA_DATA_DIR")
+    project = tmp_path / "project"
+    monkeypatch.setattr(data, "project_root", lambda: project)
+    kaggle = tmp_path / "kaggle_input"
+    _tiny_layout(kaggle / "chest-xray-pneumonia" / "chest_xray")
+    monkeypatch.setattr(data, "KAGGLE_INPUT", kaggle)
+    assert find_dataset().source == "kaggle-input"
+    _tiny_layout(project / "data" / "chest_xray")
+    assert find_dataset().source == "project"
+
+
+def test_find_dataset_uses_kagglehub_when_online(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setattr(data, "project_root", lambda: tmp_path / "project")
+    monkeypatch.setattr(data, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    downloaded = _tiny_layout(tmp_path / "hub" / "chest_xray")
+    fake = types.SimpleNamespace(dataset_download=lambda handle: str(downloaded.parent))
+    monkeypatch.setitem(sys.modules, "kagglehub", fake)
+    monkeypatch.setattr(data, "_network_answers", lambda *a, **k: True)
+    location = find_dataset()
+    assert location.source == "kagglehub" and not location.is_demo
+
+    def refuse(handle):
+        raise RuntimeError("401 Client Error: Unauthorized")
+
+    fake.dataset_download = refuse
+    with pytest.raises(DatasetError, match="KAGGLE_USERNAME"):
+        find_dataset()
+
+
+def test_find_dataset_falls_back_to_demo_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "project_root", lambda: tmp_path / "project")
+    monkeypatch.setattr(data, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    monkeypatch.setattr(data, "_network_answers", lambda *a, **k: False)
+    with pytest.warns(UserWarning, match="SYNTHETIC demo dataset"):
+        location = find_dataset(demo_images=60)
+    assert location.is_demo and location.source == "demo"
+    assert scan(location.root).images.shape[0] == 60
+
+
+def test_network_check_fails_fast_offline():
+    import time
+
+    start = time.perf_counter()
+    answered = data._network_answers("127.0.0.1", 9, timeout=0.5)  # nothing listens there
+    assert not answered and time.perf_counter() - start < 2
+
+
+def test_real_train_split_counts(shared_data):
+    result = scan(shared_data / "kermany-224")
+    counts = result.counts()
+    assert (counts.loc["train", "NORMAL"], counts.loc["train", "PNEUMONIA"]) == (1341, 3875)
+    assert result.problems.empty
+    weights = class_weights(result.images.target)
+    assert weights == {"NORMAL": 1.9448173005219984, "PNEUMONIA": 0.6730322580645162}
+    splits = make_splits(result.images, Config())
+    assert not set(splits["train"].patient) & set(splits["val"].patient)
+    assert 0.04 < len(splits["val"]) / len(result.images) < 0.06
+    assert np.isclose(splits["val"].target.mean(), 3875 / 5216, atol=0.03)
