@@ -46,6 +46,30 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- benchmarks -------------------------------------------------------------------------
+
+
+def _bench_loader(args: argparse.Namespace) -> int:
+    from helpers.bench import bench_loader
+    from helpers.data import DatasetError
+
+    try:
+        bench_loader(args.data, size=args.image_size, quick=args.quick)
+    except (DatasetError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    return 0
+
+
+BENCHES = {"loader": _bench_loader}
+"""``bench WHICH`` -> its function; ``train`` is still to be added."""
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which not in BENCHES:
+        raise CliError(f"bench {args.which}: not implemented yet (available: {', '.join(BENCHES)})")
+    return BENCHES[args.which](args)
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -66,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="dataset folder (chest_xray or a folder above it)")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of a table")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("bench", help="measure speed: the data loader (train: to come)")
+    p.add_argument("which", choices=["loader", "train"], help="what to measure")
+    p.add_argument("--data", type=Path, required=True, help="folder of images (class folders)")
+    p.add_argument("--image-size", type=int, default=256, help="square image size (default 256)")
+    p.add_argument("--quick", action="store_true", help="fewer images and repeats (< 1 min)")
+    p.set_defaults(func=cmd_bench)
 
     return parser
 
