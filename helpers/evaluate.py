@@ -13,7 +13,12 @@ the article reports, so the tutorial can say how much of a difference is noise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import io
+import json
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +32,25 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from helpers.config import CLASSES
+from helpers.config import CLASSES, Config, outputs_dir
+from helpers.data import DatasetError, make_splits, resolve_layout, scan
+from helpers.demo import MARKER as DEMO_MARKER
+from helpers.preprocess import (
+    BatchLoader,
+    ImageCache,
+    ImageError,
+    build_cache,
+    load_gray,
+    normalize_batch,
+)
+from helpers.train import (
+    PreparedData,
+    RunError,
+    atomic_write_text,
+    load_model_from_run,
+    pick_device,
+    prepare_data,
+)
 
 METRIC_KEYS: tuple[str, ...] = (
     "accuracy",
@@ -478,3 +501,388 @@ def most_confident_mistakes(
     confidence = np.where(y[wrong] == 0, p[wrong], 1.0 - p[wrong])
     order = np.argsort(-confidence, kind="stable")
     return wrong[order][: int(k)]
+
+
+# --- evaluating a run folder -------------------------------------------------------------
+
+HEADLINE_THRESHOLD = 0.5
+"""The article's rule: predict the class with the larger softmax output, i.e. ``p >= 0.5``."""
+
+EVAL_SPLITS: tuple[str, ...] = ("test", "val")
+"""Splits :func:`evaluate_run` can score."""
+
+RUN_METRIC_KEYS: tuple[str, ...] = (
+    "accuracy",
+    "weighted_f1",
+    "macro_f1",
+    "roc_auc",
+    "average_precision",
+    "sensitivity",
+    "specificity",
+    "threshold",
+    "confusion_matrix",
+    "per_class",
+    "ci95",
+    "n_images",
+    "weights_used",
+    "val_threshold",
+    "split",
+    "data_root",
+    "is_demo",
+)
+"""The keys of ``metrics-<split>.json`` (and of :func:`evaluate_run`'s result), in this order."""
+
+VAL_THRESHOLD_KEYS: tuple[str, ...] = (
+    "threshold",
+    "source",
+    "sensitivity",
+    "specificity",
+    "accuracy",
+    "weighted_f1",
+)
+"""The keys of ``metrics["val_threshold"]``."""
+
+CI_KEYS: tuple[str, ...] = ("accuracy", "weighted_f1", "roc_auc")
+"""The metrics given a bootstrap interval in ``metrics["ci95"]``."""
+
+
+def _read_run_config(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/config.json`` as a dict; ``{}`` when absent (the data root is then unknown)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: unreadable run config ({err})") from err
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    """True when ``a`` and ``b`` name the same folder (after ``~`` and symlinks)."""
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
+
+
+def _is_demo_folder(root: Path) -> bool:
+    """True when ``root`` (or the folder holding its splits) carries the demo dataset's marker."""
+    candidates = {root, *(folder.parent for folder in resolve_layout(root).values())}
+    return any((folder / DEMO_MARKER).is_file() for folder in candidates)
+
+
+def _cached_rows(cache: ImageCache, table: pd.DataFrame) -> tuple[list[int], list[int], list[str]]:
+    """Cache rows and targets of ``table``'s images, plus the paths that failed to decode."""
+    indices: list[int] = []
+    targets: list[int] = []
+    failed: list[str] = []
+    for path, target in zip(table["path"], table["target"], strict=True):
+        row = cache.index_of(path)
+        if cache.ok[row]:
+            indices.append(row)
+            targets.append(int(target))
+        else:
+            failed.append(str(path))
+    return indices, targets, failed
+
+
+def _score_rows(
+    model: torch.nn.Module,
+    cache: ImageCache,
+    indices: list[int],
+    targets: list[int],
+    config: Config,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_true, p_pneumonia)`` for cache rows, in order: no augmentation, no shuffling."""
+    loader = BatchLoader(
+        cache,
+        indices,
+        targets,
+        config.eval_batch_size,
+        shuffle=False,
+        augment=False,
+        seed=config.seed,
+        device=device,
+    )
+    return predict_proba(model, loader, device)
+
+
+def _validation_threshold(
+    model: torch.nn.Module,
+    prepared: PreparedData | None,
+    unreachable: str,
+    recorded_fingerprint: str | None,
+    config: Config,
+    device: torch.device,
+) -> tuple[float, str]:
+    """Youden's J threshold on the run's validation split, or 0.5 and the reason why not."""
+    if prepared is None:
+        return HEADLINE_THRESHOLD, f"fallback 0.5: validation data not reachable ({unreachable})"
+    root = prepared.location.root
+    indices, targets, _ = _cached_rows(prepared.cache, prepared.splits["val"])
+    try:
+        if not indices:
+            raise ValueError("the validation split is empty")
+        y_val, p_val = _score_rows(model, prepared.cache, indices, targets, config, device)
+        threshold = youden_threshold(y_val, p_val)
+    except ValueError as err:
+        return HEADLINE_THRESHOLD, f"fallback 0.5: no Youden threshold on {root} validation ({err})"
+    source = f"Youden's J on the validation split ({len(indices)} images of {root})"
+    if recorded_fingerprint and recorded_fingerprint != prepared.fingerprint():
+        source += "; warning: the files differ from those at training time"
+    return threshold, source
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    device: str | None = None,
+    n_resamples: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a run folder's ``best.pt`` on one split; write ``metrics-<split>.json`` and
+    ``predictions-<split>.csv`` into the run folder and return the metrics.
+
+    Data: ``data_dir`` if given (it may hold only ``test/``), else the training data root
+    recorded in ``run_dir/config.json``. ``split="test"`` is the official test folder;
+    ``"val"`` is the patient-grouped validation split recomputed with :func:`make_splits`
+    from the run's config (identical to training's: it is seeded). Images are decoded
+    through the cache (``outputs_dir()/cache``, reused when it matches) and scored without
+    augmentation. Images that fail to decode are left out, with a warning giving the count.
+
+    The headline numbers use the article's argmax rule (threshold 0.5). A second threshold,
+    Youden's J, is chosen on the run's VALIDATION split, recomputed from the training data
+    root in ``config.json``, never on the evaluated split (unless that split is ``val``
+    itself, which ``source`` then says). When that data cannot be reached the threshold
+    falls back to 0.5 and ``source`` says why.
+
+    Keys (stable; :data:`RUN_METRIC_KEYS`):
+
+    * ``accuracy``, ``weighted_f1``, ``macro_f1``, ``roc_auc``, ``average_precision``,
+      ``sensitivity`` (recall of PNEUMONIA), ``specificity`` (recall of NORMAL): floats at
+      ``threshold``; ``roc_auc``/``average_precision``/sensitivity/specificity are ``None``
+      when the split lacks a class;
+    * ``threshold``: 0.5; ``confusion_matrix``: ``[[TN, FP], [FN, TP]]``;
+    * ``per_class``: ``{"NORMAL"|"PNEUMONIA": {precision, recall, f1, support}}``;
+    * ``ci95``: ``{accuracy, weighted_f1, roc_auc: [lo, hi]}``, percentile bootstrap of
+      ``n_resamples`` resamples seeded with the run's ``config.seed``;
+    * ``n_images``: images scored; ``weights_used``: ``"imagenet"`` or ``"none"``;
+    * ``val_threshold``: ``{threshold, source, sensitivity, specificity, accuracy,
+      weighted_f1}``, the Youden threshold and this split's numbers at it;
+    * ``split``, ``data_root`` (the folder scored), ``is_demo`` (synthetic data: not a
+      medical result).
+
+    ``predictions-<split>.csv`` has one row per scored image: ``path``, ``target`` (0/1),
+    ``p_pneumonia``. Raises :class:`RunError` for a folder without ``best.pt``,
+    :class:`DatasetError` when the data cannot be found or the split is empty.
+    """
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+    run_dir = Path(run_dir)
+    best = run_dir / "best.pt"
+    if not best.is_file():
+        raise RunError(f"{best}: no such checkpoint (is {run_dir} a run folder that trained?)")
+    dev = pick_device(device)
+    model, config, state = load_model_from_run(run_dir, "best.pt", device=dev)
+    data_info = _read_run_config(run_dir).get("data", {})
+    train_root = data_info.get("root")
+
+    # The training data gives the validation split for the threshold, and is the data
+    # scored when no data_dir is given.
+    prepared: PreparedData | None = None
+    unreachable = ""
+    if train_root is None:
+        unreachable = f"{run_dir / 'config.json'} records no training data root"
+    else:
+        try:
+            prepared = prepare_data(config, train_root, progress=progress)
+        except (DatasetError, OSError) as err:
+            unreachable = str(err)
+
+    on_training_data = data_dir is None or (
+        train_root is not None and _same_folder(data_dir, train_root)
+    )
+    if on_training_data:
+        if prepared is None:
+            raise DatasetError(
+                f"cannot evaluate {run_dir}: its training data is not reachable ({unreachable}); "
+                "pass the data folder explicitly"
+            )
+        root = Path(train_root)
+        table = prepared.splits[split]
+        cache = prepared.cache
+        is_demo = bool(data_info.get("is_demo")) or _is_demo_folder(root)
+    else:
+        root = Path(data_dir).expanduser()
+        scanned = scan(root)
+        if len(scanned.problems):
+            n_bad = len(scanned.problems)
+            print(f"skipping {n_bad} unusable files in {root} (see `python -m helpers scan`)")
+        if split == "test":
+            table = scanned.images[scanned.images["split"] == "test"].reset_index(drop=True)
+        else:
+            table = make_splits(scanned.images, config)["val"]
+        cache = None
+        is_demo = _is_demo_folder(root)
+    if table.empty:
+        raise DatasetError(f"{root}: no {split} images to evaluate")
+    if cache is None:
+        paths = table["path"].tolist()
+        cache = build_cache(paths, config.image_size, outputs_dir() / "cache", progress=progress)
+    indices, targets, failed = _cached_rows(cache, table)
+    if failed:
+        warnings.warn(
+            f"{len(failed)} of {len(table)} {split} images could not be decoded and are left out "
+            f"(e.g. {failed[0]}; reasons in {cache.index_path})",
+            stacklevel=2,
+        )
+    if not indices:
+        raise DatasetError(f"{root}: none of the {split} images could be decoded")
+    y, p = _score_rows(model, cache, indices, targets, config, dev)
+
+    threshold, source = _validation_threshold(
+        model, prepared, unreachable, data_info.get("fingerprint"), config, dev
+    )
+    if split == "val" and on_training_data:
+        source += "; chosen on the evaluated split itself, so its numbers there are optimistic"
+
+    headline = compute_metrics(y, p, HEADLINE_THRESHOLD)
+    at_val = compute_metrics(y, p, threshold)
+    ci = bootstrap_ci(y, p, HEADLINE_THRESHOLD, n_resamples=n_resamples, seed=config.seed)
+    metrics: dict[str, Any] = {key: headline[key] for key in RUN_METRIC_KEYS if key in headline}
+    metrics.update(
+        ci95={key: ci[key] for key in CI_KEYS},
+        weights_used=state.get("weights_used", "unknown"),
+        val_threshold={
+            "threshold": threshold,
+            "source": source,
+            **{key: at_val[key] for key in VAL_THRESHOLD_KEYS[2:]},
+        },
+        split=split,
+        data_root=str(root),
+        is_demo=is_demo,
+    )
+    metrics = {key: metrics[key] for key in RUN_METRIC_KEYS}
+
+    predictions = pd.DataFrame(
+        {"path": [cache.paths[i] for i in indices], "target": y, "p_pneumonia": p}
+    )
+    atomic_write_text(run_dir / f"predictions-{split}.csv", predictions.to_csv(index=False))
+    atomic_write_text(run_dir / f"metrics-{split}.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a table, or ``n/a`` when undefined."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_ci(interval: Sequence[float] | None) -> str:
+    """``95% CI [lo, hi]``, or nothing when there is no interval."""
+    return "" if not interval else f"95% CI [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A readable report of :func:`evaluate_run`'s result, in the style of the article's Table 2.
+
+    Per-class precision, recall, F1 and support; accuracy, weighted and macro F1; AUROC and
+    average precision, with bootstrap intervals; the confusion matrix; sensitivity and
+    specificity at 0.5 (the headline rule) and at the validation threshold.
+    """
+    out = io.StringIO()
+    w = out.write
+    w(f"{metrics['split']} split: {metrics['n_images']} images from {metrics['data_root']}\n")
+    w(f"weights: {metrics['weights_used']}\n")
+    if metrics.get("is_demo"):
+        w("*** synthetic demo data: these numbers are not medical results ***\n")
+    w(f"\n{'':18}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n")
+    for name in CLASSES:
+        c = metrics["per_class"][name]
+        w(
+            f"{name:18}{_fmt(c['precision']):>10}{_fmt(c['recall']):>10}"
+            f"{_fmt(c['f1']):>10}{c['support']:>10}\n"
+        )
+    ci = metrics["ci95"]
+    n = metrics["n_images"]
+    blank = ""
+    w(f"{'accuracy':38}{_fmt(metrics['accuracy']):>10}{n:>10}  {_fmt_ci(ci['accuracy'])}\n")
+    w(f"{'weighted F1':38}{_fmt(metrics['weighted_f1']):>10}{blank:10}  ")
+    w(f"{_fmt_ci(ci['weighted_f1'])}\n")
+    w(f"{'macro F1':38}{_fmt(metrics['macro_f1']):>10}\n")
+    w(f"\nAUROC             {_fmt(metrics['roc_auc'])}  {_fmt_ci(ci['roc_auc'])}\n")
+    w(f"average precision {_fmt(metrics['average_precision'])}\n")
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    w(f"\nconfusion matrix at {metrics['threshold']:g} (rows: true, columns: predicted)\n")
+    w(f"{'':18}{'NORMAL':>10}{'PNEUMONIA':>10}\n")
+    w(f"{'NORMAL':18}{tn:>10}{fp:>10}\n{'PNEUMONIA':18}{fn:>10}{tp:>10}\n")
+    vt = metrics["val_threshold"]
+    w(f"\n{'rule':26}{'threshold':>10}{'sens.':>8}{'spec.':>8}{'acc.':>8}{'w. F1':>8}\n")
+    rows = [("argmax (headline)", metrics), ("validation Youden's J", vt)]
+    for label, m in rows:
+        t = metrics["threshold"] if m is metrics else vt["threshold"]
+        w(
+            f"{label:26}{t:>10.3f}{_fmt(m['sensitivity']):>8}{_fmt(m['specificity']):>8}"
+            f"{_fmt(m['accuracy']):>8}{_fmt(m['weighted_f1']):>8}\n"
+        )
+    w(f"threshold source: {vt['source']}\n")
+    return out.getvalue()
+
+
+# --- single images -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """The model's answer for one image file, or why the file could not be read."""
+
+    path: str
+    p_pneumonia: float | None
+    error: str | None = None
+
+    def label(self, threshold: float = HEADLINE_THRESHOLD) -> str | None:
+        """``NORMAL`` or ``PNEUMONIA`` at ``threshold``; ``None`` for an unreadable file."""
+        if self.p_pneumonia is None:
+            return None
+        return CLASSES[int(self.p_pneumonia >= threshold)]
+
+
+def predict_images(
+    model: torch.nn.Module,
+    paths: Sequence[str | Path],
+    image_size: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+) -> list[ImagePrediction]:
+    """P(pneumonia) for image files, one :class:`ImagePrediction` per path, in order.
+
+    Each file is decoded with :func:`load_gray` at ``image_size`` and normalised with
+    :func:`normalize_batch`: the very steps of the evaluation cache and loader, so a file
+    gets the probability :func:`evaluate_run` gives it (up to float rounding between batch
+    sizes). A file that cannot be used (missing, empty, corrupt, a directory) gets ``error``
+    with the reason instead; the others are still scored.
+    """
+    results: list[ImagePrediction | None] = [None] * len(paths)
+    for start in range(0, len(paths), batch_size):
+        arrays: list[np.ndarray] = []
+        positions: list[int] = []
+        for pos in range(start, min(start + batch_size, len(paths))):
+            path = Path(paths[pos])
+            if path.is_dir():
+                results[pos] = ImagePrediction(
+                    str(paths[pos]), None, "is a directory, not an image"
+                )
+                continue
+            try:
+                arrays.append(load_gray(path, image_size))
+                positions.append(pos)
+            except ImageError as err:
+                results[pos] = ImagePrediction(str(paths[pos]), None, err.reason)
+        if not arrays:
+            continue
+        x = normalize_batch(torch.from_numpy(np.stack(arrays))[:, None])
+        _, probs = predict_proba(model, [(x, torch.zeros(len(arrays), dtype=torch.int64))], device)
+        for pos, prob in zip(positions, probs, strict=True):
+            results[pos] = ImagePrediction(str(paths[pos]), float(prob))
+    return [r for r in results if r is not None]

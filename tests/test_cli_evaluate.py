@@ -1,0 +1,300 @@
+"""evaluate_run, format_metrics and the evaluate / predict / export subcommands on one tiny run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from helpers import cli
+from helpers.config import Config
+from helpers.evaluate import (
+    CI_KEYS,
+    RUN_METRIC_KEYS,
+    VAL_THRESHOLD_KEYS,
+    compute_metrics,
+    evaluate_run,
+    format_metrics,
+    predict_images,
+    predict_proba,
+    youden_threshold,
+)
+from helpers.preprocess import BatchLoader, load_gray, normalize_batch
+from helpers.train import (
+    load_checkpoint,
+    load_model_from_run,
+    prepare_data,
+    save_checkpoint,
+    train,
+)
+
+TINY = Config().quick_mode().replace(pretrained="none", epochs=2, image_size=64)
+
+
+@dataclass
+class TinyRun:
+    """The module's trained run folder, where its cache lives, and its test evaluation."""
+
+    run_dir: Path
+    outputs: Path
+    data_root: Path
+    metrics: dict
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny convolutions on a busy 2-core machine: one thread is far faster than two
+    (measured: 2 epochs in 6 s with one thread, over a minute with two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _calibrate_batchnorm(run_dir: Path, data) -> None:
+    """Re-estimate best.pt's BatchNorm statistics on the training images and save it back.
+
+    After two epochs from scratch the running statistics still lag the weights and the
+    eval-mode model gives every image the same probability (std ~1e-8): comparing
+    probabilities between code paths would then prove nothing. Exact statistics give
+    clearly different probabilities per image; the run folder stays a valid run.
+    """
+    model, config, state = load_model_from_run(run_dir)
+    indices, targets = data.rows("train")
+    loader = BatchLoader(data.cache, indices, targets, 64, shuffle=False, augment=False, seed=0)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over all batches
+    with torch.no_grad():
+        for x, _ in loader:
+            model(x)
+    state = load_checkpoint(run_dir / "best.pt")
+    state["model"] = model.eval().state_dict()
+    save_checkpoint(run_dir / "best.pt", state)
+
+
+@pytest.fixture(scope="module")
+def tiny(demo_root, tmp_path_factory) -> TinyRun:
+    """Train TINY once on the demo data, then evaluate it on the test folder."""
+    base = tmp_path_factory.mktemp("evaluate")
+    outputs = base / "outputs"
+    run_dir = base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+        result = train(TINY, run_dir, demo_root, progress=False)
+        _calibrate_batchnorm(run_dir, result.data)
+        metrics = evaluate_run(run_dir, progress=False)
+    return TinyRun(run_dir, outputs, Path(demo_root), metrics)
+
+
+@pytest.fixture()
+def shared_outputs(tiny, monkeypatch) -> Path:
+    """Point outputs at the module's folder so evaluations reuse the training cache."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tiny.outputs))
+    return tiny.outputs
+
+
+def _predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
+    return pd.read_csv(run_dir / f"predictions-{split}.csv")
+
+
+def _copy_run(run_dir: Path, dest: Path) -> Path:
+    """A copy of the run's config and best model, so a test can overwrite its outputs."""
+    dest.mkdir(parents=True)
+    for name in ("config.json", "best.pt"):
+        shutil.copy2(run_dir / name, dest / name)
+    return dest
+
+
+# --- evaluate_run --------------------------------------------------------------------------
+
+
+def test_metrics_file_holds_the_documented_keys_and_sane_numbers(tiny):
+    m = tiny.metrics
+    on_disk = json.loads((tiny.run_dir / "metrics-test.json").read_text())
+    assert on_disk == m
+    assert tuple(m) == RUN_METRIC_KEYS
+    assert tuple(m["val_threshold"]) == VAL_THRESHOLD_KEYS
+    assert tuple(m["ci95"]) == CI_KEYS
+
+    n_test_files = sum(1 for p in (tiny.data_root / "test").rglob("*") if p.is_file())
+    assert m["n_images"] == n_test_files
+    assert np.sum(m["confusion_matrix"]) == m["n_images"]
+    assert sum(c["support"] for c in m["per_class"].values()) == m["n_images"]
+    for key in ("accuracy", "weighted_f1", "macro_f1", "roc_auc", "average_precision"):
+        assert 0.0 <= m[key] <= 1.0, key
+    for key in CI_KEYS:
+        lo, hi = m["ci95"][key]
+        assert lo <= m[key] <= hi, key
+        assert hi - lo > 0, key  # 45 images: the interval cannot be a point
+    assert m["threshold"] == 0.5
+    assert m["split"] == "test"
+    assert Path(m["data_root"]) == tiny.data_root
+    assert m["weights_used"] == "none"
+    assert m["is_demo"] is True  # the demo folder's marker, whatever config.json says
+
+    # The headline numbers follow from the saved per-image predictions.
+    preds = _predictions(tiny.run_dir)
+    assert len(preds) == m["n_images"]
+    assert all(Path(p).is_relative_to(tiny.data_root / "test") for p in preds["path"])
+    again = compute_metrics(preds["target"], preds["p_pneumonia"], 0.5)
+    assert again["confusion_matrix"] == m["confusion_matrix"]
+    assert again["roc_auc"] == pytest.approx(m["roc_auc"], abs=1e-9)
+
+
+def test_threshold_is_youden_on_validation_not_on_test(tiny, shared_outputs):
+    model, config, _ = load_model_from_run(tiny.run_dir)
+    data = prepare_data(config, tiny.data_root, progress=False)
+    indices, targets = data.rows("val")
+    loader = BatchLoader(data.cache, indices, targets, 64, shuffle=False, augment=False, seed=0)
+    y_val, p_val = predict_proba(model, loader)
+    expected = youden_threshold(y_val, p_val)
+
+    vt = tiny.metrics["val_threshold"]
+    assert vt["threshold"] == pytest.approx(expected, abs=1e-6)
+    assert "validation" in vt["source"] and not vt["source"].startswith("fallback")
+    preds = _predictions(tiny.run_dir)
+    on_test = youden_threshold(preds["target"], preds["p_pneumonia"])
+    assert on_test != pytest.approx(expected, abs=1e-6)  # so this test can tell them apart
+    at_val = compute_metrics(preds["target"], preds["p_pneumonia"], expected)
+    for key in ("sensitivity", "specificity", "accuracy", "weighted_f1"):
+        assert vt[key] == pytest.approx(at_val[key]), key
+
+
+def test_format_metrics_shows_the_table(tiny):
+    text = format_metrics(tiny.metrics)
+    for needle in ("NORMAL", "PNEUMONIA", "AUROC", "95% CI", "Youden", "synthetic demo"):
+        assert needle in text
+    assert f"{tiny.metrics['accuracy']:.3f}" in text
+
+
+def test_evaluate_a_folder_holding_only_test(tiny, shared_outputs, tmp_path):
+    only = tmp_path / "elsewhere"
+    shutil.copytree(tiny.data_root / "test", only / "test")
+    run = _copy_run(tiny.run_dir, tmp_path / "run")
+    m = evaluate_run(run, data_dir=only, progress=False)
+    assert Path(m["data_root"]) == only
+    assert m["n_images"] == tiny.metrics["n_images"]
+    # Same images, same probabilities; the threshold still comes from the training data.
+    ours = _predictions(run).assign(name=lambda d: d["path"].map(lambda p: Path(p).name))
+    theirs = _predictions(tiny.run_dir).assign(name=lambda d: d["path"].map(lambda p: Path(p).name))
+    joined = ours.merge(theirs, on="name", suffixes=("", "_train_root"))
+    assert len(joined) == m["n_images"]
+    assert all(Path(p).is_relative_to(only) for p in joined["path"])
+    np.testing.assert_allclose(joined["p_pneumonia"], joined["p_pneumonia_train_root"], atol=1e-6)
+    assert m["val_threshold"]["threshold"] == tiny.metrics["val_threshold"]["threshold"]
+
+
+def test_threshold_falls_back_to_half_when_training_data_is_gone(tiny, shared_outputs, tmp_path):
+    only = tmp_path / "elsewhere"
+    shutil.copytree(tiny.data_root / "test", only / "test")
+    run = _copy_run(tiny.run_dir, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    gone = tmp_path / "deleted-training-data"
+    config["data"]["root"] = str(gone)
+    (run / "config.json").write_text(json.dumps(config))
+    m = evaluate_run(run, data_dir=only, progress=False)
+    vt = m["val_threshold"]
+    assert vt["threshold"] == 0.5
+    assert vt["source"].startswith("fallback") and str(gone) in vt["source"]
+    assert vt["accuracy"] == m["accuracy"]  # same threshold, same numbers
+    # Without data_dir there is nothing to evaluate: a clear error naming the folder.
+    assert cli.main(["evaluate", "--run", str(run)]) != 0
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def test_cli_evaluate_prints_the_report(tiny, shared_outputs, tmp_path, capsys):
+    run = _copy_run(tiny.run_dir, tmp_path / "run")
+    assert cli.main(["evaluate", "--run", str(run), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "val split" in out and "AUROC" in out
+    assert str(run / "metrics-val.json") in out
+    m = json.loads((run / "metrics-val.json").read_text())
+    assert m["split"] == "val" and tuple(m) == RUN_METRIC_KEYS
+    assert "evaluated split itself" in m["val_threshold"]["source"]
+    assert (run / "predictions-val.csv").is_file()
+
+
+def test_cli_evaluate_without_best_pt_fails_naming_the_file(tmp_path, capsys):
+    run = tmp_path / "unfinished-run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert cli.main(["evaluate", "--run", str(run)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error:") and str(run / "best.pt") in err
+    assert not (run / "metrics-test.json").exists()
+
+
+def test_cli_predict_scores_good_files_and_names_bad_ones(tiny, tmp_path, capsys):
+    preds = _predictions(tiny.run_dir).iloc[[0, -1]]
+    good = list(preds["path"])
+    corrupt = tmp_path / "corrupt.jpeg"
+    corrupt.write_bytes(b"\xff\xd8 this is not really a jpeg")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    folder = tmp_path / "a-folder.jpeg"
+    folder.mkdir()
+    argv = ["predict", "--run", str(tiny.run_dir), good[0], str(corrupt), str(folder)]
+    argv += [str(empty), good[1]]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2
+    for line, (path, p) in zip(lines, zip(good, preds["p_pneumonia"], strict=True), strict=True):
+        label = "PNEUMONIA" if p >= 0.5 else "NORMAL"
+        assert line == f"{path}  {label}  P(pneumonia)={p:.3f}"
+    errors = captured.err.splitlines()
+    assert len(errors) == 3
+    for bad, line in zip((corrupt, folder, empty), errors, strict=True):
+        assert line.startswith(f"error: {bad}: ")
+    assert "directory" in errors[1] and "zero bytes" in errors[2]
+
+
+def test_predict_gives_the_evaluation_probability(tiny):
+    preds = _predictions(tiny.run_dir)
+    assert preds["p_pneumonia"].std() > 1e-3  # a model whose answers differ per image
+    model, config, _ = load_model_from_run(tiny.run_dir)
+    results = predict_images(model, list(preds["path"]), config.image_size, batch_size=7)
+    assert [r.path for r in results] == list(preds["path"])
+    assert all(r.error is None for r in results)
+    got = np.array([r.p_pneumonia for r in results])
+    np.testing.assert_allclose(got, preds["p_pneumonia"].to_numpy(), atol=1e-5, rtol=0)
+
+
+# The ONNX (dynamo) export alone takes ~17 s on the 2-core machine: marked slow, as in
+# test_export.py, so that `-m "not slow"` keeps this file fast.
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_cli_export_gives_the_eager_probabilities(tiny, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        for package in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(package)
+    from helpers.export import load_exported
+
+    out = tmp_path / f"model.{fmt}"
+    assert cli.main(["export", "--run", str(tiny.run_dir), "--format", fmt, "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    exported = load_exported(out)
+    assert exported.metadata["image_size"] == TINY.image_size
+
+    model, config, _ = load_model_from_run(tiny.run_dir)
+    paths = list(_predictions(tiny.run_dir)["path"][:6])
+    x = normalize_batch(
+        torch.from_numpy(np.stack([load_gray(p, config.image_size) for p in paths]))[:, None]
+    )
+    with torch.inference_mode():
+        expected = torch.softmax(model(x), dim=1)[:, 1]
+    got = torch.softmax(exported(x), dim=1)[:, 1]
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
