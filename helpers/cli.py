@@ -46,6 +46,120 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- model ------------------------------------------------------------------------------
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Print the model's torchinfo table (no weights needed: counts do not depend on them)."""
+    from helpers.model import model_summary
+
+    try:
+        print(model_summary(image_size=args.image_size))
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    return 0
+
+
+def cmd_holdout(args: argparse.Namespace) -> int:
+    from helpers.data import make_holdout
+
+    counts = make_holdout(args.source, args.out, fraction=args.fraction, seed=args.seed)
+    print(f"{args.out}: train {counts['train']} images, test {counts['test']} (patient-disjoint)")
+    return 0
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from helpers.config import config_from_env
+    from helpers.data import DatasetError
+    from helpers.model import WeightsUnavailableError
+    from helpers.train import RunError, train
+
+    config = config_from_env()
+    if args.quick:
+        config = config.quick_mode()
+    overrides = {
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "pretrained": args.pretrained,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+    }
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if config.image_size % 32:
+        raise CliError(f"--image-size {config.image_size}: must be divisible by 32 (MobileNetV3)")
+    try:
+        result = train(config, args.out, args.data, resume=args.resume, device=args.device)
+    except (DatasetError, RunError, WeightsUnavailableError, FileExistsError) as err:
+        raise CliError(str(err)) from err
+    best = result.history.loc[result.history.epoch == result.best_epoch].iloc[0]
+    print(
+        f"best epoch {result.best_epoch}: val loss {best.val_loss:.4f}, val acc {best.val_acc:.3f}, "
+        f"val F1 {best.val_f1:.3f}; {len(result.history)} epochs in {result.history.seconds.sum():.0f} s"
+    )
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+# --- evaluation, prediction, export -----------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a run's best.pt on a split, print the Table-2 style report and the JSON path."""
+    from helpers.data import DatasetError
+    from helpers.evaluate import evaluate_run, format_metrics
+    from helpers.train import RunError
+
+    try:
+        metrics = evaluate_run(args.run, args.data, split=args.split, device=args.device)
+    except (RunError, DatasetError) as err:
+        raise CliError(str(err)) from err
+    print(format_metrics(metrics))
+    print(f"metrics written to {Path(args.run) / f'metrics-{args.split}.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """One line per image: path, label, P(pneumonia); unreadable files named on stderr (exit 1)."""
+    from helpers.evaluate import predict_images
+    from helpers.train import RunError, load_model_from_run, pick_device
+
+    device = pick_device(args.device)
+    try:
+        model, config, _ = load_model_from_run(args.run, "best.pt", device=device)
+    except RunError as err:
+        raise CliError(str(err)) from err
+    failed = 0
+    for result in predict_images(model, args.images, config.image_size, device):
+        if result.error is not None:
+            print(f"error: {result.path}: {result.error}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{result.path}  {result.label()}  P(pneumonia)={result.p_pneumonia:.3f}")
+    return 1 if failed else 0
+
+
+EXPORT_NAMES = {"torchscript": "model-torchscript.pt", "onnx": "model.onnx"}
+"""Default file names of ``export`` inside the run folder."""
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's best model (CPU, its image size) as TorchScript or ONNX."""
+    from helpers.export import ExportError, export_model
+    from helpers.train import RunError, load_model_from_run
+
+    out = args.out or Path(args.run) / EXPORT_NAMES[args.format]
+    try:
+        model, config, _ = load_model_from_run(args.run, "best.pt", device="cpu")
+        path = export_model(model, out, fmt=args.format, image_size=config.image_size)
+    except (RunError, ExportError, ValueError) as err:
+        raise CliError(str(err)) from err
+    print(f"{args.format} model written to {path}")
+    return 0
+
+
 # --- benchmarks -------------------------------------------------------------------------
 
 
@@ -91,12 +205,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON report instead of a table")
     p.set_defaults(func=cmd_scan)
 
+    p = sub.add_parser("summary", help="print the model's layer table and parameter counts")
+    p.add_argument("--image-size", type=int, default=256, help="input size (default 256)")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("holdout", help="carve a patient-disjoint test split (symlinks)")
+    p.add_argument("source", type=Path, help="dataset with train/ (and maybe val/)")
+    p.add_argument("out", type=Path, help="new folder for {train,test}/{NORMAL,PNEUMONIA}")
+    p.add_argument("--fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_holdout)
+
+    p = sub.add_parser("train", help="train PneumoniaNet with the article's schedule")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: search)")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
+    p.add_argument("--image-size", type=int, help="square image size (default 256)")
+    p.add_argument("--pretrained", choices=["auto", "imagenet", "none"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--quick", action="store_true", help="small images, few epochs, a subset")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("bench", help="measure speed: the data loader (train: to come)")
     p.add_argument("which", choices=["loader", "train"], help="what to measure")
     p.add_argument("--data", type=Path, required=True, help="folder of images (class folders)")
     p.add_argument("--image-size", type=int, default=256, help="square image size (default 256)")
     p.add_argument("--quick", action="store_true", help="fewer images and repeats (< 1 min)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("evaluate", help="score a run's best model: metrics, CIs, thresholds")
+    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: the run's)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="P(pneumonia) for image files with a run's best model")
+    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's best model as TorchScript or ONNX")
+    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
+    p.set_defaults(func=cmd_export)
 
     return parser
 

@@ -439,7 +439,8 @@ def find_dataset(
     for candidate, source in explicit:
         if candidate is not None:
             resolve_layout(candidate)  # raises with the reason when unusable
-            return DatasetLocation(Path(candidate).expanduser(), source)
+            root = Path(candidate).expanduser()
+            return DatasetLocation(root, source, is_demo=_is_demo(root))
     local = project_root() / "data" / "chest_xray"
     if local.is_dir():
         return DatasetLocation(local, "project")
@@ -461,9 +462,55 @@ def find_dataset(
     return DatasetLocation(root, "demo", is_demo=True)
 
 
+def _is_demo(root: Path) -> bool:
+    """True for a folder written by :func:`helpers.demo.make_demo_dataset` (it leaves a marker)."""
+    from helpers.demo import MARKER
+
+    return any((folder / MARKER).is_file() for folder in (root, root / "chest_xray"))
+
+
 def _kagglehub_available() -> bool:
     try:
         import kagglehub  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def make_holdout(
+    source: str | Path, out: str | Path, fraction: float = 0.15, seed: int = 42
+) -> dict[str, int]:
+    """Carve a patient-disjoint ``test`` split out of a train-only dataset, as symlinks.
+
+    For data without an official test folder (such as ``../shared/data/kermany-224``): the
+    pooled train/val images are split by patient, stratified by class, and linked (not
+    copied) into ``out/{train,test}/{NORMAL,PNEUMONIA}``. Training on ``out`` then never sees
+    the test patients, not even for early stopping. Returns image counts per split.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    images = scan(source).images
+    pool = images[images["split"].isin(["train", "val"])].reset_index(drop=True)
+    folds = StratifiedGroupKFold(
+        n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed
+    )
+    _, test_idx = next(folds.split(pool, pool["target"], groups=pool["patient"]))
+    is_test = np.zeros(len(pool), dtype=bool)
+    is_test[test_idx] = True
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose a new folder for the hold-out layout")
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    counts = {"train": 0, "test": 0}
+    for row, test in zip(pool.itertuples(), is_test, strict=True):
+        split = "test" if test else "train"
+        link = tmp / split / row.label / Path(row.path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(row.path)
+        counts[split] += 1
+    tmp.rename(out)
+    return counts

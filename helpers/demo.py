@@ -59,8 +59,8 @@ def draw_xray(
     img += 0.07 * body * np.clip(np.cos(rib_phase), 0, None) ** 3
     if kind != "none":
         img += _opacities(rng, xx, yy, centres, kind) * lungs
-    elif rng.random() < 0.3:  # faint healthy variation, so the task is not trivial
-        img += 0.4 * _opacities(rng, xx, yy, centres, "virus") * lungs
+    elif rng.random() < 0.25:  # faint healthy variation, so the task is not trivial
+        img += 0.3 * _opacities(rng, xx, yy, centres, "virus") * lungs
     img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
     contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
     if shift:
@@ -76,7 +76,7 @@ def _opacities(rng, xx, yy, centres, kind: str) -> np.ndarray:
     count, amp, size = (
         (rng.integers(1, 3), (0.25, 0.4), (0.1, 0.2))
         if kind == "bacteria"
-        else (rng.integers(5, 10), (0.1, 0.18), (0.05, 0.1))
+        else (rng.integers(5, 10), (0.15, 0.25), (0.05, 0.1))
     )
     for _ in range(int(count)):
         cx, cy = centres[rng.integers(0, 2)]

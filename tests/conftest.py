@@ -14,10 +14,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
-    """A 300-image demo dataset (Kaggle layout), written once for the whole session."""
+    """A 600-image demo dataset (Kaggle layout, the notebooks' default), written once."""
     from helpers.demo import make_demo_dataset
 
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), n_images=300, seed=7)
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), n_images=600, seed=7)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def test_layout_counts_and_balance(demo_root):
     result = scan(demo_root)
     assert result.problems.empty
     images = result.images
-    assert len(images) == 300
+    assert len(images) == 600
     assert set(images.split) == {"train", "val", "test"}
     train = images[images.split == "train"]
     assert 0.2 < (train.label == "NORMAL").mean() < 0.32

@@ -1,0 +1,208 @@
+"""The training engine: schedule, freezing, learning, checkpoints, resume and determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from helpers import model as model_module
+from helpers.config import Config
+from helpers.train import (
+    HISTORY_COLUMNS,
+    RunError,
+    load_checkpoint,
+    load_model_from_run,
+    prepare_data,
+    read_history,
+    train,
+)
+
+QUICK = Config().quick_mode().replace(pretrained="none")
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """One outputs folder (cache) shared by the module's runs, so images decode once."""
+    path = tmp_path_factory.mktemp("outputs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMONIA_OUTPUTS", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def quick_run(outputs, demo_root, tmp_path_factory):
+    """The CI quick configuration trained once on the demo data."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+        return train(QUICK, tmp_path_factory.mktemp("run") / "quick", demo_root, progress=False)
+
+
+def _balanced_accuracy(model, data, split="val"):
+    from helpers.preprocess import BatchLoader
+
+    indices, targets = data.rows(split)
+    loader = BatchLoader(data.cache, indices, targets, 64, shuffle=False, augment=False, seed=0)
+    model.eval()
+    with torch.inference_mode():
+        pred = torch.cat([model(x).argmax(1) for x, _ in loader]).numpy()
+    y = np.asarray(targets)
+    return float(np.mean([(pred[y == c] == c).mean() for c in (0, 1)]))
+
+
+def test_quick_run_writes_the_run_folder(quick_run):
+    run = quick_run.run_dir
+    for name in ("config.json", "history.csv", "best.pt", "last.pt"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))  # no temporary files left
+    history = read_history(run)
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert list(history.epoch) == list(range(1, QUICK.epochs + 1))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["image_size"] == QUICK.image_size
+    assert saved["weights_used"] == "none" and saved["data"]["is_demo"] is True
+    assert (
+        len(saved["data"]["fingerprint"]) == 16 and saved["versions"]["torch"] == torch.__version__
+    )
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == quick_run.best_epoch
+    assert quick_run.best_val_loss == pytest.approx(history.val_loss.min())
+
+
+def test_quick_run_learns_the_demo_signal(quick_run):
+    assert _balanced_accuracy(quick_run.model, quick_run.data) >= 0.75
+
+
+def test_best_checkpoint_is_restored(quick_run):
+    reloaded, config, state = load_model_from_run(quick_run.run_dir)
+    assert config == QUICK and state["weights_used"] == "none"
+    for name, tensor in quick_run.model.state_dict().items():
+        assert torch.equal(tensor.cpu(), reloaded.state_dict()[name]), name
+
+
+def test_warm_restart_schedule_in_history(outputs, demo_root, tmp_path):
+    """CosineAnnealingWarmRestarts(T_0=5, T_mult=2): restarts at epochs 5 and 15 (0-based)."""
+    tiny = QUICK.replace(image_size=32, subset=60, epochs=16, patience=100, batch_size=64)
+    history = train(tiny, tmp_path / "sched", demo_root, progress=False).history
+    lr = history.lr_head.to_numpy()
+    restarts = [i for i in range(1, len(lr)) if lr[i] > lr[i - 1]]
+    assert restarts == [5, 15]
+    assert lr[0] == lr[5] == lr[15] == pytest.approx(tiny.scratch_lr)
+    # within a cycle the rate follows the cosine down to eta_min
+    t = np.arange(5)
+    expected = tiny.eta_min + (tiny.scratch_lr - tiny.eta_min) * (1 + np.cos(np.pi * t / 5)) / 2
+    np.testing.assert_allclose(lr[:5], expected, rtol=1e-6)
+
+
+@pytest.fixture
+def fake_imagenet(tmp_path, monkeypatch):
+    """Random 'ImageNet' weights saved where torchvision's cache would hold the real ones."""
+    torch.manual_seed(0)
+    state = torchvision.models.mobilenet_v3_small().state_dict()
+    path = tmp_path / "torch_home" / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(model_module, "weights_cache_path", lambda: path, raising=False)
+    return state
+
+
+def test_frozen_layers_do_not_change(outputs, demo_root, tmp_path, fake_imagenet, monkeypatch):
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+    config = QUICK.replace(pretrained="imagenet", epochs=2, subset=120)
+    result = train(config, tmp_path / "frozen", demo_root, progress=False)
+    assert result.model.weights_used == "imagenet" and result.model.frozen
+    after = result.model.state_dict()
+    n_frozen = result.model.n_frozen
+    changed, unchanged = [], []
+    for name, param in result.model.named_parameters():
+        original = fake_imagenet.get(name)
+        if original is None:  # the new head
+            continue
+        same = torch.equal(after[name].cpu(), original)
+        (unchanged if same else changed).append((name, param.requires_grad))
+    assert all(not trainable for _, trainable in unchanged)
+    assert all(trainable for _, trainable in changed)
+    assert {int(n.split(".")[1]) for n, _ in changed} == set(range(n_frozen, n_frozen + 2))
+    # BatchNorm statistics of the frozen prefix stay as loaded, too
+    for name, buffer in result.model.named_buffers():
+        if (
+            name.startswith("features.")
+            and int(name.split(".")[1]) < n_frozen
+            and name in fake_imagenet
+        ):
+            assert torch.equal(buffer.cpu(), fake_imagenet[name]), name
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(outputs, demo_root, tmp_path):
+    """Kill after epoch 2 (``stop_after``), resume, and get the same history as a straight run.
+
+    The straight run here is also a second run of the same command, so this checks
+    determinism too: only the wall-clock ``seconds`` column may differ.
+    """
+    config = QUICK.replace(epochs=4, subset=150)
+    straight = train(config, tmp_path / "straight", demo_root, progress=False)
+    train(config, tmp_path / "cut", demo_root, progress=False, stop_after=2)
+    assert len(read_history(tmp_path / "cut")) == 2
+    resumed = train(config, tmp_path / "cut", demo_root, progress=False, resume=True)
+    a = straight.history.drop(columns="seconds")
+    b = resumed.history.drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_resume_refuses_a_different_recipe(outputs, demo_root, tmp_path):
+    config = QUICK.replace(epochs=1, subset=60, image_size=32)
+    train(config, tmp_path / "run", demo_root, progress=False)
+    with pytest.raises(RunError, match="different config.*epochs"):
+        train(config.replace(epochs=3), tmp_path / "run", demo_root, progress=False, resume=True)
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(RunError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format_version": 1, "arch": "resnet18"}, tmp_path / "other.pt")
+    with pytest.raises(RunError, match="architecture 'resnet18'"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_prepare_data_skips_unreadable_files(outputs, tmp_path):
+    from helpers.demo import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path / "d", n_images=60, seed=2)
+    (root / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"garbage")
+    data = prepare_data(QUICK.replace(val_split=0.25), root, progress=False)
+    assert len(data.scanned.problems) == 1
+    assert all("broken" not in p for p in data.splits["train"].path)
+
+
+def test_cli_quick_train(outputs, demo_root, tmp_path):
+    env = {"PNEUMONIA_OUTPUTS": str(outputs), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, "-m", "helpers", "train", "--data", str(demo_root), "--out",
+         str(tmp_path / "cli"), "--quick", "--epochs", "1", "--pretrained", "none"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "best epoch 1" in run.stdout
+    assert {p.name for p in (tmp_path / "cli").iterdir()} >= {
+        "history.csv",
+        "config.json",
+        "best.pt",
+    }
+    bad = subprocess.run(
+        [sys.executable, "-m", "helpers", "train", "--data", str(tmp_path / "nowhere"), "--out",
+         str(tmp_path / "x"), "--quick"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "no such folder" in bad.stderr and "Traceback" not in bad.stderr
