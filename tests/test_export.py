@@ -1,0 +1,99 @@
+"""Exported models (TorchScript, ONNX) must compute what the eager model computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers.export import ExportError, export_model, load_exported
+from helpers.model import PneumoniaNet
+
+SIZE = 64
+
+
+def varied_images(n: int, seed: int) -> torch.Tensor:
+    """Random images with a different contrast and colour offset each, so outputs differ."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 0.2 + 3 * torch.rand(n, 1, 1, 1, generator=g)
+    shift = torch.randn(n, 3, 1, 1, generator=g)
+    return torch.randn(n, 3, SIZE, SIZE, generator=g) * scale + shift
+
+
+@pytest.fixture(scope="module")
+def model() -> PneumoniaNet:
+    """A frozen PneumoniaNet whose BatchNorm statistics fit the test images.
+
+    A freshly initialised network has running mean 0 / variance 1 everywhere, which makes its
+    logits ~1e-9 and every probability 0.5: any export would "match". Calibrating the
+    statistics on a few batches gives clearly different probabilities per image.
+    """
+    torch.manual_seed(0)
+    net = PneumoniaNet(frozen=False).train()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    with torch.no_grad():
+        for step in range(2):
+            net(varied_images(8, seed=100 + step))
+    net.set_frozen(True)
+    net.weights_used = "imagenet"  # pretend, to check it travels in the metadata
+    return net.train()  # export must switch to eval mode itself
+
+
+def eager_probabilities(net: PneumoniaNet, x: torch.Tensor) -> torch.Tensor:
+    """softmax of the eval-mode model's logits."""
+    was_training = net.training
+    with torch.no_grad():
+        probs = net.eval()(x).softmax(1)
+    net.train(was_training)
+    return probs
+
+
+@pytest.mark.parametrize(
+    "fmt,suffix",
+    [
+        ("torchscript", ".pt"),
+        # torch.onnx's dynamo exporter needs ~5-20 s for this model on 2 CPU cores
+        pytest.param("onnx", ".onnx", marks=pytest.mark.slow),
+    ],
+)
+def test_export_matches_eager_probabilities(model, tmp_path, fmt: str, suffix: str) -> None:
+    if fmt == "onnx":
+        for package in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(package)
+    x = varied_images(5, seed=1)  # batch size differs from the export's example (2)
+    expected = eager_probabilities(model, x)
+    assert expected[:, 1].max() - expected[:, 1].min() > 0.05  # the check below can fail
+
+    path = export_model(model, tmp_path / "sub" / f"model{suffix}", fmt, image_size=SIZE)
+    assert path == tmp_path / "sub" / f"model{suffix}" and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    assert model.training  # the caller's model is left as it was
+
+    exported = load_exported(path)
+    assert exported.format == fmt
+    assert exported.metadata["image_size"] == SIZE
+    assert exported.metadata["weights_used"] == "imagenet"
+    assert exported.metadata["classes"] == ["NORMAL", "PNEUMONIA"]
+    probs = exported(x).softmax(1)
+    assert probs.shape == (5, 2)
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-4)
+
+
+def test_bad_format_and_bad_files_raise(model, tmp_path) -> None:
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        export_model(model, tmp_path / "m.tflite", "tflite", image_size=SIZE)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        export_model(model, tmp_path / "m.pt", "torchscript", image_size=70)
+    with pytest.raises(ExportError, match="no such file"):
+        load_exported(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ExportError, match="junk.onnx"):
+        load_exported(junk)
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"\x00" * 10)
+    with pytest.raises(ExportError, match="neither"):
+        load_exported(other)
