@@ -86,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "pretrained": args.pretrained,
         "seed": args.seed,
         "batch_size": args.batch_size,
+        "augment": args.augment,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     if config.image_size % 32:
@@ -184,6 +185,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return BENCHES[args.which](args)
 
 
+# --- notebooks --------------------------------------------------------------------------
+
+
+def cmd_run_notebooks(args: argparse.Namespace) -> int:
+    """Execute notebooks 01-05 in order; executed copies and figures go under outputs/."""
+    from helpers.data import DatasetError
+    from helpers.notebooks import NotebookError, run_notebooks
+
+    try:
+        run_notebooks(quick=args.quick, data=args.data)
+    except (DatasetError, NotebookError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -224,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", choices=["auto", "imagenet", "none"])
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--augment",
+        choices=["robust", "article"],
+        help="training augmentation: the article's exactly, or wider exposure/contrast/zoom (default)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--quick", action="store_true", help="small images, few epochs, a subset")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -254,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("run-notebooks", help="execute notebooks 01-05 in order, keeping outputs")
+    p.add_argument("--quick", action="store_true", help="PNEUMONIA_QUICK=1: small, fast recipe")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: search)")
+    p.set_defaults(func=cmd_run_notebooks)
 
     return parser
 

@@ -48,6 +48,12 @@ class Config:
     seed: int = 42
     subset: int | None = None  # cap on training images (quick mode); None = all
 
+    # Augmentation of training batches: "article" = one of ColorJitter(0.2, 0.2),
+    # RandomAffine(10, translate 0.1, shear 2), horizontal flip per image, exactly as the
+    # article; "robust" (default) adds wider exposure, contrast and zoom changes to every
+    # image, because the official test split was acquired differently from train.
+    augment: str = "robust"
+
     # Model
     pretrained: str = "auto"  # "imagenet" | "none" | "auto"
     dropout: float = 0.5

@@ -340,7 +340,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     train_loader = BatchLoader(
         data.cache, train_idx, train_y, config.batch_size, shuffle=True, augment=True,
-        seed=config.seed, device=dev,
+        policy=config.augment, seed=config.seed, device=dev,
     )  # fmt: skip
     val_loader = BatchLoader(
         data.cache, val_idx, val_y, config.eval_batch_size, shuffle=False, augment=False,

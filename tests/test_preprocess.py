@@ -491,3 +491,21 @@ def test_bench_loader_cli(tmp_path, capsys):
     assert "8 images" in out and "speed-up" in out and "torchvision decode_jpeg" in out
     assert main(["bench", "train", "--data", str(tmp_path / "data")]) == 2
     assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_robust_policy_is_seeded_and_widens_intensity():
+    from helpers.preprocess import augment_policy, robust_perturbation
+
+    x = torch.linspace(0, 1, 64 * 64).view(1, 1, 64, 64).repeat(32, 1, 1, 1)
+    a = robust_perturbation(x, torch.Generator().manual_seed(3))
+    b = robust_perturbation(x, torch.Generator().manual_seed(3))
+    c = robust_perturbation(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    # every image is changed, and the spread of mean brightness is far wider than the input's (0)
+    assert ((a - x).abs().flatten(1).mean(1) > 1e-3).all()
+    assert a.mean(dim=(1, 2, 3)).std() > 0.02
+    article = augment_policy(x, torch.Generator().manual_seed(3), "article")
+    assert torch.equal(article, augment_batch(x, torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="policy"):
+        augment_policy(x, torch.Generator(), "wild")
