@@ -32,6 +32,11 @@ KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+MAX_IMAGE_PIXELS = 50_000_000
+"""Images with more pixels are refused as decompression bombs by the scan and the decoder
+(the largest chest X-ray in the Kaggle set has about 7 megapixels; Pillow itself only warns
+at 89 MP)."""
+
 TRUE_VALUES = {"1", "true", "yes", "on"}
 
 

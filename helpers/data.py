@@ -23,7 +23,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from helpers.config import CLASSES, KAGGLE_DATASET, Config, outputs_dir, project_root
+from helpers.config import (
+    CLASSES,
+    KAGGLE_DATASET,
+    MAX_IMAGE_PIXELS,
+    Config,
+    outputs_dir,
+    project_root,
+)
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
@@ -199,6 +206,11 @@ def read_header(path: Path) -> tuple[int, int, str, str]:
         raise ValueError(f"too large to be safe ({err})") from None
     except OSError as err:
         raise ValueError(f"unreadable image header ({err})") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (decompression-bomb guard)"
+        )
     if not _complete_file(path, fmt):
         raise ValueError(f"truncated {fmt} file (no end-of-image marker)")
     return width, height, mode, fmt

@@ -38,14 +38,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
-from helpers.config import IMAGENET_MEAN, IMAGENET_STD
+from helpers.config import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_PIXELS
 
 CACHE_FORMAT_VERSION = 1
 """Bump when decoding changes, so that every existing cache is rebuilt."""
 
-MAX_PIXELS = 50_000_000
-"""Images with more pixels than this are refused as decompression bombs (the largest chest
-X-ray in the Kaggle set has about 7 megapixels). Pillow's own guard warns at 89 MP."""
+MAX_PIXELS = MAX_IMAGE_PIXELS
+"""Images with more pixels than this are refused as decompression bombs (see the config)."""
 
 DRAFT_FACTOR = 2
 """JPEGs are decoded at a reduced DCT scale, but never below ``DRAFT_FACTOR x`` the target

@@ -322,13 +322,13 @@ def train(
     if not train_idx or not val_idx:
         raise RunError(f"{data.location.root}: no training or validation images to train on")
 
+    weights = class_weights(train_y)  # refuses a training split missing a class, early
     seed_everything(config.seed)
     model = build_model(config.pretrained, dropout=config.dropout).to(dev)
     if not model.frozen:
         use_scratch_batchnorm(model)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    weights = class_weights(train_y)
     criterion = nn.CrossEntropyLoss(weight=torch.tensor([weights[c] for c in CLASSES], device=dev))
     groups = parameter_groups(model, config)
     optimizer = torch.optim.AdamW(

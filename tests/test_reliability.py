@@ -1,0 +1,151 @@
+"""Faults a real user meets, each tried: bad files, bad folders, bad checkpoints, crashes.
+
+Every case here is a row of ``docs/reliability.md``; the other rows point at the tests in
+``test_data.py``, ``test_preprocess.py``, ``test_train.py`` and ``test_cli_evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import cli
+from helpers import train as train_module
+from helpers.config import Config
+from helpers.data import scan
+from helpers.demo import make_demo_dataset
+from helpers.evaluate import evaluate_run
+from helpers.train import RunError, load_model_from_run, save_checkpoint, train
+
+TINY = Config().quick_mode().replace(pretrained="none", image_size=32, epochs=2, subset=120)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` (no pixel data needed to lie)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("rel"), n_images=200, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_demo, tmp_path_factory):
+    """A 2-epoch run at 32 px and its outputs folder, trained once for the module."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+        run = train(TINY, tmp_path_factory.mktemp("runs") / "a", small_demo, progress=False)
+    return run.run_dir, outputs
+
+
+def test_decompression_bomb_is_a_scan_problem(tmp_path):
+    root = make_demo_dataset(tmp_path, n_images=20, seed=1)
+    _png_header_only(root / "train" / "NORMAL" / "IM-9999-0001.png", 12_000, 12_000)
+    with pytest.warns(Warning):  # Pillow's own DecompressionBombWarning, then our refusal
+        problems = scan(root).problems
+    assert len(problems) == 1
+    assert (
+        "decompression-bomb" in problems.reason.iloc[0]
+        and "144 megapixels" in problems.reason.iloc[0]
+    )
+
+
+def test_training_refuses_a_split_without_one_class(tmp_path, capsys):
+    root = make_demo_dataset(tmp_path / "d", n_images=60, seed=1)
+    shutil.rmtree(root / "train" / "NORMAL")
+    (root / "val" / "NORMAL").rename(tmp_path / "moved")
+    code = cli.main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--quick"])
+    err = capsys.readouterr().err
+    assert code == 2 and "NORMAL" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    before = path.read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies between writing and renaming
+
+    monkeypatch.setattr(train_module.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_resume_ignores_a_leftover_temporary_file(tiny_run, small_demo, tmp_path, monkeypatch):
+    """A kill during a checkpoint write leaves a temporary file; resuming ignores it."""
+    run_dir, outputs = tiny_run
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+    cut = tmp_path / "cut"
+    train(TINY, cut, small_demo, progress=False, stop_after=1)
+    (cut / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    resumed = train(TINY, cut, small_demo, progress=False, resume=True)
+    straight = pd.read_csv(run_dir / "history.csv")
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns="seconds"), straight.drop(columns="seconds")
+    )
+
+
+def test_same_seed_same_metrics(tiny_run, small_demo, tmp_path, monkeypatch):
+    """Same command twice on CPU: identical history (but for seconds) and metrics files."""
+    run_dir, outputs = tiny_run
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+    again = train(TINY, tmp_path / "b", small_demo, progress=False).run_dir
+    first = evaluate_run(run_dir, progress=False, n_resamples=200)
+    second = evaluate_run(again, progress=False, n_resamples=200)
+    assert first == second
+    assert json.loads((run_dir / "metrics-test.json").read_text()) == json.loads(
+        (again / "metrics-test.json").read_text()
+    )
+
+
+def test_checkpoint_that_does_not_fit_is_refused_whole(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    state["model"]["head.3.weight"] = torch.zeros(3, 576)  # a 3-class head
+    os.makedirs(tmp_path / "bad")
+    save_checkpoint(tmp_path / "bad" / "best.pt", state)
+    with pytest.raises(RunError, match="do not fit"):
+        load_model_from_run(tmp_path / "bad")
+
+
+def test_gpu_checkpoint_loads_on_cpu(tiny_run):
+    """``map_location``: a checkpoint is always loadable on a CPU-only machine."""
+    run_dir, _ = tiny_run
+    model, config, state = load_model_from_run(run_dir, device="cpu")
+    assert next(model.parameters()).device.type == "cpu"
+    assert state["image_size"] == config.image_size == 32
+
+
+def test_resume_refuses_another_image_size(tiny_run, small_demo, monkeypatch):
+    run_dir, outputs = tiny_run
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+    with pytest.raises(RunError, match="image_size"):
+        train(TINY.replace(image_size=64), run_dir, small_demo, progress=False, resume=True)
+
+
+def test_cli_evaluate_with_a_foreign_checkpoint(tmp_path, capsys):
+    torch.save({"format_version": 1, "arch": "resnet50", "model": {}}, tmp_path / "best.pt")
+    code = cli.main(["evaluate", "--run", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "resnet50" in err and str(tmp_path) in err
