@@ -1,0 +1,61 @@
+"""The project's documents agree with the code: packages, test references, commands."""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    """``torch>=2.1`` -> ``torch``; conda's ``pytorch`` is PyPI's ``torch``."""
+    name = re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower()
+    return {"pytorch": "torch"}.get(name, name)
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    wanted.add("kagglehub")  # the data download path the notebooks use online
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    listed = set()
+    for item in env["dependencies"]:
+        if isinstance(item, dict):
+            listed |= {_name(r) for r in item["pip"]}
+        else:
+            listed.add(_name(item))
+    listed -= {"python", "pip"}
+    assert listed == wanted
+
+
+def _test_functions(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+
+
+def test_every_test_named_in_the_reliability_table_exists():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    missing, seen = [], 0
+    for row in text.splitlines():
+        current = None
+        for file, name in re.findall(r"`(?:(test_\w+\.py))?::(test_\w+)(?:\[[^\]]*\])?`", row):
+            current = file or current
+            assert current, f"reference without a file: {row}"
+            seen += 1
+            if name not in _test_functions(ROOT / "tests" / current):
+                missing.append(f"{current}::{name}")
+    assert seen > 30
+    assert not missing, missing
+
+
+def test_ci_runs_the_readme_commands():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -e ".[dev]"' in readme and 'pip install -e ".[dev]"' in ci
+    assert "\npytest\n" in readme and "pytest" in ci
+    assert "MPLBACKEND=Agg" in ci
