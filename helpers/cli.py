@@ -185,6 +185,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return BENCHES[args.which](args)
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    from helpers.report import make_figures
+
+    made = make_figures(args.eda_data, args.samples_data, args.run, args.out, split=args.split)
+    for name, source in made.items():
+        print(f"{args.out / name}: {source}")
+    return 0
+
+
 # --- notebooks --------------------------------------------------------------------------
 
 
@@ -275,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("figures", help="regenerate the README's figures (docs/figures)")
+    p.add_argument("--eda-data", type=Path, required=True, help="dataset for the class balance")
+    p.add_argument("--samples-data", type=Path, required=True, help="full-resolution images")
+    p.add_argument("--run", type=Path, required=True, help="an evaluated run folder")
+    p.add_argument("--split", default="test", help="which metrics-<split>.json to draw")
+    p.add_argument("--out", type=Path, default=Path("docs/figures"))
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("run-notebooks", help="execute notebooks 01-05 in order, keeping outputs")
     p.add_argument("--quick", action="store_true", help="PNEUMONIA_QUICK=1: small, fast recipe")
