@@ -35,6 +35,7 @@ from sklearn.metrics import (
 from helpers.config import CLASSES, Config, outputs_dir
 from helpers.data import DatasetError, make_splits, resolve_layout, scan
 from helpers.demo import MARKER as DEMO_MARKER
+from helpers.files import atomic_write_text
 from helpers.preprocess import (
     BatchLoader,
     ImageCache,
@@ -46,7 +47,6 @@ from helpers.preprocess import (
 from helpers.train import (
     PreparedData,
     RunError,
-    atomic_write_text,
     load_model_from_run,
     pick_device,
     prepare_data,

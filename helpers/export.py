@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from helpers.config import CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from helpers.files import atomic_path
 
 FORMATS = ("torchscript", "onnx")
 METADATA_KEY = "pneumonia"
@@ -55,11 +55,6 @@ def _metadata(model: nn.Module, fmt: str, image_size: int) -> dict[str, Any]:
         "std": list(IMAGENET_STD),
         "weights_used": getattr(model, "weights_used", "unknown"),
     }
-
-
-def _tmp_path(out: Path) -> Path:
-    """A temporary name next to ``out`` (same folder, so the final rename is atomic)."""
-    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: Path, meta: dict) -> None:
@@ -115,15 +110,11 @@ def export_model(
     # batch axis must stay free in the ONNX graph.
     example = torch.zeros(2, 3, image_size, image_size)
     meta = _metadata(model, fmt, image_size)
-    tmp = _tmp_path(out)
-    try:
+    with atomic_path(out) as tmp:
         if fmt == "torchscript":
             _export_torchscript(eval_model, example, tmp, meta)
         else:
             _export_onnx(eval_model, example, tmp, meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -18,7 +18,6 @@ Two halves, for two audiences:
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from typing import Any
 from helpers.config import Config, outputs_dir, project_root
 from helpers.data import DatasetError, DatasetLocation, find_dataset, resolve_layout
 from helpers.demo import MARKER as DEMO_MARKER
+from helpers.files import atomic_write_text
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_dataset_eda.ipynb",
@@ -122,15 +122,7 @@ def _write_notebook_atomic(nb: Any, path: Path) -> None:
     """Write a notebook as JSON to a temporary file beside ``path``, then rename it."""
     import nbformat
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".ipynb.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            nbformat.write(nb, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, nbformat.writes(nb))
 
 
 def _failed_cell(nb: Any) -> tuple[int, str, str]:

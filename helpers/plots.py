@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from helpers.config import CLASSES, outputs_dir
+from helpers.files import atomic_path
 
 DPI = 100
 """Resolution of saved PNGs: enough for a slide, small enough for a git diff."""
@@ -106,18 +106,10 @@ def save_figure(fig: Figure, path: PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_figure writes PNG files; {path} does not end in .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png.tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI, facecolor="white")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
         if tmp.stat().st_size > MAX_PNG_BYTES:
             _shrink_png(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
 from helpers.config import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_PIXELS
+from helpers.files import atomic_write_text
 
 CACHE_FORMAT_VERSION = 1
 """Bump when decoding changes, so that every existing cache is rebuilt."""
@@ -289,9 +290,7 @@ def _open_existing(
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON to a temporary name in the same folder, then rename it into place."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def _remove_stale_temps(cache_dir: Path, stem: str, older_than_s: float = 3600.0) -> None:

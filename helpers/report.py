@@ -19,6 +19,7 @@ import pandas as pd
 from helpers.config import CLASSES
 from helpers.data import scan
 from helpers.evaluate import roc_points
+from helpers.files import atomic_write_text
 from helpers.plots import (
     plot_class_balance,
     plot_confusion_pair,
@@ -28,7 +29,7 @@ from helpers.plots import (
     plot_size_histograms,
 )
 from helpers.preprocess import load_gray
-from helpers.train import atomic_write_text, read_history
+from helpers.train import read_history
 
 
 def _samples(images: pd.DataFrame, per_class: int, size: int, seed: int) -> tuple[list, list]:

@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import cli
-from helpers import train as train_module
+from helpers import cli, files
 from helpers.config import Config
 from helpers.data import scan
 from helpers.demo import make_demo_dataset
@@ -85,7 +84,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_old_file(tmp_path, monkeypat
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies between writing and renaming
 
-    monkeypatch.setattr(train_module.os, "replace", killed)
+    monkeypatch.setattr(files.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
     assert path.read_bytes() == before
