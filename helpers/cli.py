@@ -169,14 +169,39 @@ def _bench_loader(args: argparse.Namespace) -> int:
     from helpers.data import DatasetError
 
     try:
-        bench_loader(args.data, size=args.image_size, quick=args.quick)
+        bench_loader(args.data, size=args.image_size, quick=args.quick, threads=args.threads)
     except (DatasetError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
     return 0
 
 
-BENCHES = {"loader": _bench_loader}
-"""``bench WHICH`` -> its function; ``train`` is still to be added."""
+def _bench_train(args: argparse.Namespace) -> int:
+    """Training images/s: the original's structure (naive) against the engine, one run."""
+    from helpers.bench import bench_train
+    from helpers.data import DatasetError
+    from helpers.model import WeightsUnavailableError
+
+    try:
+        bench_train(
+            args.data,
+            image_size=args.image_size,
+            pretrained=args.pretrained,
+            quick=args.quick,
+            threads=args.threads,
+            compare=args.compare,
+            max_images=args.max_images,
+            repeats=args.repeats,
+            device=args.device,
+        )
+    except (DatasetError, FileNotFoundError, ValueError, WeightsUnavailableError) as err:
+        raise CliError(str(err)) from err
+    except RuntimeError as err:  # a bad --device, or a worker's failure (with its traceback)
+        raise CliError(str(err)) from err
+    return 0
+
+
+BENCHES = {"loader": _bench_loader, "train": _bench_train}
+"""``bench WHICH`` -> its function."""
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -259,11 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bench", help="measure speed: the data loader (train: to come)")
+    p = sub.add_parser("bench", help="measure speed: the data loader, or training epochs")
     p.add_argument("which", choices=["loader", "train"], help="what to measure")
     p.add_argument("--data", type=Path, required=True, help="folder of images (class folders)")
     p.add_argument("--image-size", type=int, default=256, help="square image size (default 256)")
     p.add_argument("--quick", action="store_true", help="fewer images and repeats (< 1 min)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument(
+        "--pretrained",
+        choices=["frozen-random", "imagenet", "none"],
+        default="frozen-random",
+        help="train: the model; frozen-random (default) = the ImageNet-frozen architecture "
+        "with random weights, the same compute without a download",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        choices=["2-threads", "contiguous", "grad-prefix", "robust", "naive-1-worker"],
+        help="train: extra variants timed in the same rounds",
+    )
+    p.add_argument("--max-images", type=int, help="train: at most this many images")
+    p.add_argument("--repeats", type=int, help="train: rounds (default 5, --quick 2)")
+    p.add_argument("--device", help="train: cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="score a run's best model: metrics, CIs, thresholds")

@@ -178,10 +178,10 @@ def use_scratch_batchnorm(model: nn.Module, momentum: float = 0.1) -> None:
 def to_channels_last(model: nn.Module, device: torch.device) -> nn.Module:
     """The model in ``channels_last`` memory format on CUDA and on CPU (other devices: as is).
 
-    On CUDA it suits tensor cores. On CPU, measured with ``python -m helpers bench train``
-    (MobileNetV3-Small, batch 64, one thread, interleaved pairs): a training step 1.37x
-    faster at 256 px and 1.33x at 64 px; inputs can stay contiguous (the first convolution
-    switches the format).
+    On CUDA it suits tensor cores. On CPU it pays too: training epochs 1.35x faster at
+    256 px, batch 64, one thread (``python -m helpers bench train --compare contiguous`` on
+    a 2-core Xeon, see ``benchmarks/README.md``), and a training step 1.33x faster at
+    64 px. Inputs can stay contiguous: the first convolution switches the format.
     """
     if device.type in ("cuda", "cpu"):
         return model.to(memory_format=torch.channels_last)
