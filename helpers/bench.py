@@ -261,6 +261,10 @@ TRAIN_COMPARISONS: dict[str, tuple[str, dict[str, Any]]] = {
     "2-threads": ("engine, 2 torch threads", {"threads": 2}),
     "contiguous": ("engine without channels_last", {"channels_last": False}),
     "grad-prefix": ("engine, autograd on over the frozen prefix", {"no_grad_prefix": False}),
+    "unfolded-bn": (
+        "engine, BatchNorm not folded into the frozen convs",
+        {"fuse_frozen_bn": False},
+    ),
     "robust": ("engine, robust augmentation policy", {"policy": "robust"}),
     "naive-1-worker": ("naive, DataLoader num_workers=1", {"kind": "naive", "num_workers": 1}),
 }
@@ -400,6 +404,7 @@ def _train_worker(spec: dict[str, Any], send: Callable[[dict[str, Any]], None], 
     criterion = torch.nn.CrossEntropyLoss(weight=weights)
     if spec["kind"] == "naive":
         model.no_grad_prefix = False  # autograd mode everywhere, as a plain nn.Module
+        model.fuse_frozen_bn = False  # the model's own layers, BatchNorm not folded
         loader = torch.utils.data.DataLoader(
             NaiveTrainDataset(paths, targets, size),
             batch_size=BATCH_SIZE,
@@ -409,6 +414,7 @@ def _train_worker(spec: dict[str, Any], send: Callable[[dict[str, Any]], None], 
         )
     else:
         model.no_grad_prefix = spec.get("no_grad_prefix", True)
+        model.fuse_frozen_bn = spec.get("fuse_frozen_bn", True)
         if spec.get("channels_last", True):
             model = to_channels_last(model, device)
         cache = build_cache(paths, size, Path(spec["cache_dir"]), progress=False)

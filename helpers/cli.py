@@ -238,6 +238,8 @@ def cmd_run_notebooks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from helpers.bench import TRAIN_COMPARISONS
+
     parser = argparse.ArgumentParser(
         prog="python -m helpers",
         description="Chest X-ray pneumonia tutorial: data, training and evaluation from the command line.",
@@ -301,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare",
         nargs="+",
         default=[],
-        choices=["2-threads", "contiguous", "grad-prefix", "robust", "naive-1-worker"],
+        choices=list(TRAIN_COMPARISONS),
         help="train: extra variants timed in the same rounds",
     )
     p.add_argument("--max-images", type=int, help="train: at most this many images")

@@ -106,6 +106,8 @@ def export_model(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     eval_model = copy.deepcopy(model).cpu().eval()
+    # Export the model's own layers; ONNX Runtime and TorchScript fold BatchNorm themselves.
+    eval_model.fuse_frozen_bn = False
     # Batch 2, not 1: torch.export treats a size-1 dimension as a constant, and the
     # batch axis must stay free in the ONNX graph.
     example = torch.zeros(2, 3, image_size, image_size)

@@ -22,6 +22,7 @@ random layers would be pointless).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,15 @@ class PneumoniaNet(nn.Module):
         self.n_frozen = len(self.features) - N_TRAINABLE_BLOCKS
         self.weights_used = "none"
         self.no_grad_prefix = True
+        self.fuse_frozen_bn = True
+        object.__setattr__(self, "_fused", None)
         self.frozen = False
         self.set_frozen(frozen)
 
     def set_frozen(self, frozen: bool) -> None:
         """Freeze (or unfreeze) ``features[:-2]``: ``requires_grad`` and BatchNorm mode."""
         self.frozen = bool(frozen)
+        object.__setattr__(self, "_fused", None)
         for param in self.features[: self.n_frozen].parameters():
             param.requires_grad_(not self.frozen)
         self.train(self.training)
@@ -162,12 +166,43 @@ class PneumoniaNet(nn.Module):
         256x256, forward+backward+AdamW) training ran at the same speed with and without it
         (ratio 0.95-1.03, within noise). What does save time is ``requires_grad=False``
         itself: letting the prefix compute gradients that are then ignored was ~2.2x slower.
+        When frozen, the prefix also runs with each BatchNorm folded into the convolution
+        before it (:meth:`fused_prefix`): the same function with fewer operations.
         """
-        prefix = self.features[: self.n_frozen]
-        if self.frozen and self.no_grad_prefix and not x.requires_grad:
+        if not self.frozen:
+            return self.features[: self.n_frozen](x)
+        prefix = self.fused_prefix() if self.fuse_frozen_bn else self.features[: self.n_frozen]
+        if self.no_grad_prefix and not x.requires_grad:
             with torch.no_grad():
                 return prefix(x)
         return prefix(x)
+
+    def fused_prefix(self) -> nn.Sequential:
+        """The frozen prefix with every Conv2d+BatchNorm2d pair folded into one Conv2d.
+
+        In eval mode a BatchNorm is a fixed per-channel scale and shift, which can be
+        absorbed into the preceding convolution's weights and bias. The frozen prefix never
+        leaves eval mode, so this is exact up to float rounding. The copy is built lazily,
+        kept out of ``state_dict`` and the parameter counts (the model's own layers are
+        unchanged), and dropped by ``load_state_dict``, ``to()`` and ``set_frozen``.
+        """
+        if self._fused is None:
+            fused = copy.deepcopy(self.features[: self.n_frozen]).eval()
+            _fold_batchnorm(fused)
+            for param in fused.parameters():
+                param.requires_grad_(False)
+            object.__setattr__(self, "_fused", fused)  # not a registered submodule
+        return self._fused
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Moving or converting the model (``.to()``, ``.cuda()``, ...) drops the fused copy."""
+        object.__setattr__(self, "_fused", None)
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Load weights as usual, then drop the fused copy (it is rebuilt from them)."""
+        object.__setattr__(self, "_fused", None)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def trainable_forward(self, f: torch.Tensor) -> torch.Tensor:
         """Run ``features[-2:]`` and the head on frozen features: -> logits (B, 2)."""
@@ -176,6 +211,21 @@ class PneumoniaNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 2) for normalised images (B, 3, S, S); S divisible by 32."""
         return self.trainable_forward(self.frozen_features(x))
+
+
+def _fold_batchnorm(module: nn.Module) -> None:
+    """Replace, in place, each BatchNorm2d that directly follows a Conv2d inside a Sequential
+    by Identity, folding its eval-mode scale and shift into that convolution."""
+    for child in module.children():
+        _fold_batchnorm(child)
+    if not isinstance(module, nn.Sequential):
+        return
+    names = list(module._modules)
+    for first, second in zip(names, names[1:], strict=False):
+        conv, bn = module._modules[first], module._modules[second]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module._modules[first] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+            module._modules[second] = nn.Identity()
 
 
 def build_model(pretrained: str = "auto", dropout: float = 0.5) -> PneumoniaNet:
@@ -259,12 +309,16 @@ def model_summary(model: PneumoniaNet | None = None, image_size: int = 256, dept
         )
     else:
         header = f"PneumoniaNet, weights={model.weights_used}, frozen={model.frozen}"
-    stats = torchinfo.summary(
-        model,
-        input_size=(1, 3, image_size, image_size),
-        verbose=0,
-        col_names=("output_size", "num_params", "trainable"),
-        depth=depth,
-        device="cpu",
-    )
+    fuse, model.fuse_frozen_bn = model.fuse_frozen_bn, False  # torchinfo sees the real layers
+    try:
+        stats = torchinfo.summary(
+            model,
+            input_size=(1, 3, image_size, image_size),
+            verbose=0,
+            col_names=("output_size", "num_params", "trainable"),
+            depth=depth,
+            device="cpu",
+        )
+    finally:
+        model.fuse_frozen_bn = fuse
     return f"{header}, input 1x3x{image_size}x{image_size}\n{stats}"

@@ -210,3 +210,39 @@ def test_bad_weight_files_and_arguments_raise_clear_errors(torch_home) -> None:
         build_model("imagenet")
     with pytest.raises(ValueError, match="pretrained must be one of"):
         build_model("imagenet1k")
+
+
+def test_folded_batchnorm_prefix_gives_the_same_outputs():
+    """The frozen prefix runs with BatchNorm folded into its convolutions: same function."""
+    torch.manual_seed(0)
+    model = PneumoniaNet(frozen=True)
+    for module in model.modules():  # non-trivial statistics, as ImageNet weights have
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    fused = model(x)
+    assert model._fused is not None
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.fused_prefix().modules())
+    model.fuse_frozen_bn = False
+    plain = model(x)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    # the folded copy is not part of the model's parameters or state
+    assert count_parameters(model)["total"] == 928_162
+    assert not any(k.startswith("_fused") for k in model.state_dict())
+
+
+def test_folded_prefix_follows_new_weights():
+    """Loading weights drops the folded copy, so it never serves stale weights."""
+    torch.manual_seed(1)
+    model = PneumoniaNet(frozen=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = model.frozen_features(x)
+    other = PneumoniaNet(frozen=True).eval()
+    model.load_state_dict(other.state_dict())
+    assert model._fused is None
+    torch.testing.assert_close(model.frozen_features(x), other.frozen_features(x))
+    assert not torch.allclose(before, model.frozen_features(x))
+    model.to(torch.float64)
+    assert model._fused is None

@@ -489,8 +489,8 @@ def test_bench_loader_cli(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "8 images" in out and "speed-up" in out and "torchvision decode_jpeg" in out
-    assert main(["bench", "train", "--data", str(tmp_path / "data")]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert main(["bench", "loader", "--data", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
 
 
 def test_robust_policy_is_seeded_and_widens_intensity():
