@@ -754,3 +754,25 @@ def _print_train_report(r: dict[str, Any]) -> None:
             f"  {TRAIN_COMPARISONS[name][0]:44s} {c['images_per_s']:7.1f} img/s   "
             f"{c['ratio']:.2f}x the engine (per round: {ratios})   peak {c['peak_rss_mb']:.0f} MB"
         )
+
+
+CPU_TRAINING_RATES: dict[str, float] = {"frozen": 191.0, "scratch": 41.7}
+"""Training images/second at 256x256 measured by ``bench train`` on a 2-core CPU (Xeon,
+2 torch threads, idle machine, 2026-11-25; see benchmarks/README.md): the article's frozen
+ImageNet configuration, and the whole network trained from scratch (1 thread: 21 naive / 42
+engine). Used only to tell a reader roughly how long a full run would take on such a CPU."""
+
+
+def estimate_cpu_schedule(
+    n_train: int, n_val: int, frozen: bool, epochs: int, image_size: int = 256
+) -> dict[str, float]:
+    """Rough wall time of a full training run on a 2-core CPU, from the measured rates.
+
+    Seconds per epoch = training images / rate + validation images / (3 x rate) (evaluation
+    needs no backward pass), scaled by the pixel count relative to 256x256. Returns seconds
+    per epoch and hours for ``epochs`` epochs (the maximum; early stopping usually ends
+    sooner). GPU runs are not estimated: no GPU was measured.
+    """
+    rate = CPU_TRAINING_RATES["frozen" if frozen else "scratch"] * (256 / image_size) ** 2
+    per_epoch = n_train / rate + n_val / (3 * rate)
+    return {"seconds_per_epoch": per_epoch, "hours": per_epoch * epochs / 3600}

@@ -419,6 +419,7 @@ def download_with_kagglehub() -> Path:
     """
     import kagglehub  # optional dependency: pip install kagglehub
 
+    _credentials_from_colab_secrets()
     try:
         return Path(kagglehub.dataset_download(KAGGLE_DATASET))
     except Exception as err:  # kagglehub raises several types; turn them into one message
@@ -432,6 +433,31 @@ def download_with_kagglehub() -> Path:
         raise DatasetError(
             f"kagglehub could not download {KAGGLE_DATASET}: {text.strip()[:300]}"
         ) from err
+
+
+def _credentials_from_colab_secrets() -> None:
+    """On Colab, copy the ``KAGGLE_USERNAME``/``KAGGLE_KEY`` secrets into the environment.
+
+    Colab keeps secrets (the key icon in the left panel) out of ``os.environ``; kagglehub reads
+    the environment. Variables already set win; a missing or unshared secret is skipped (then
+    kagglehub tries ``~/.kaggle/kaggle.json`` and a refusal says what to do).
+    """
+    try:
+        from google.colab import userdata  # only exists on Colab
+    except ImportError:
+        return
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        if os.environ.get(name):
+            continue
+        try:
+            value = userdata.get(name)
+        except Exception:  # SecretNotFoundError, NotebookAccessError: not given to this notebook
+            print(
+                f"Colab secret {name} not available: add it in the key panel (or kagglehub.login())"
+            )
+            continue
+        if value:
+            os.environ[name] = value
 
 
 def find_dataset(

@@ -859,6 +859,7 @@ NB04 = dict(
     import pandas as pd
     import torch
 
+    from helpers.bench import estimate_cpu_schedule
     from helpers.config import CLASSES, config_from_env, outputs_dir
     from helpers.data import class_weights, find_dataset
     from helpers.notebooks import show_setup, uses_demo_data
@@ -1001,6 +1002,24 @@ NB04 = dict(
                     "then run all cells again. On Kaggle: Settings > Accelerator > GPU. On a CPU, "
                     "prefer the quick recipe (PNEUMONIA_QUICK=1)."
                 )
+            """
+        ),
+        md(
+            """
+            How long would the full recipe take on a CPU? `python -m helpers bench train`
+            measured the training speed on a 2-core CPU (see `benchmarks/README.md`); scaled to
+            this dataset, the article's frozen ImageNet configuration and a from-scratch run
+            (what you get offline) compare like this, for the maximum of 100 epochs (early
+            stopping usually ends far sooner):
+            """
+        ),
+        code(
+            """
+            n_train, n_val = len(data.splits["train"]), len(data.splits["val"])
+            for frozen in (True, False):
+                est = estimate_cpu_schedule(n_train, n_val, frozen, epochs=100)
+                name = "frozen ImageNet backbone" if frozen else "from scratch           "
+                print(f"{name}: ~{est['seconds_per_epoch']:.0f} s/epoch, <= {est['hours']:.1f} h")
             """
         ),
         md(

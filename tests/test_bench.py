@@ -65,3 +65,15 @@ def test_bench_train_refuses_bad_settings_before_starting_anything(tmp_path, cap
 def test_a_failing_worker_is_reported_with_its_variant_and_traceback():
     with pytest.raises(RuntimeError, match=r"the broken worker failed:(.|\n)*KeyError"):
         bench.run_interleaved({"broken": {"kind": "engine"}}, {}, repeats=1)
+
+
+def test_cpu_schedule_estimate_scales_with_work():
+    from helpers.bench import CPU_TRAINING_RATES, estimate_cpu_schedule
+
+    frozen = estimate_cpu_schedule(1910, 0, frozen=True, epochs=10)
+    assert frozen["seconds_per_epoch"] == pytest.approx(1910 / CPU_TRAINING_RATES["frozen"])
+    assert frozen["hours"] == pytest.approx(frozen["seconds_per_epoch"] * 10 / 3600)
+    scratch = estimate_cpu_schedule(1910, 0, frozen=False, epochs=10)
+    assert scratch["seconds_per_epoch"] > 4 * frozen["seconds_per_epoch"]
+    small = estimate_cpu_schedule(1910, 0, frozen=True, epochs=10, image_size=128)
+    assert small["seconds_per_epoch"] == pytest.approx(frozen["seconds_per_epoch"] / 4)

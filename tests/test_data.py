@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -248,3 +249,20 @@ def test_real_train_split_counts(shared_data):
     assert not set(splits["train"].patient) & set(splits["val"].patient)
     assert 0.04 < len(splits["val"]) / len(result.images) < 0.06
     assert np.isclose(splits["val"].target.mean(), 3875 / 5216, atol=0.03)
+
+
+def test_colab_secrets_become_kaggle_credentials(monkeypatch):
+    import sys
+    import types
+
+    secrets = {"KAGGLE_USERNAME": "ada", "KAGGLE_KEY": "s3cret"}
+    userdata = types.SimpleNamespace(get=lambda name: secrets[name])
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("KAGGLE_KEY", "already-set")
+    data._credentials_from_colab_secrets()
+    assert os.environ["KAGGLE_USERNAME"] == "ada"
+    assert os.environ["KAGGLE_KEY"] == "already-set"  # an existing variable wins
