@@ -478,7 +478,7 @@ def find_dataset(
         if candidate is not None:
             resolve_layout(candidate)  # raises with the reason when unusable
             root = Path(candidate).expanduser()
-            return DatasetLocation(root, source, is_demo=_is_demo(root))
+            return DatasetLocation(root, source, is_demo=is_demo_folder(root))
     local = project_root() / "data" / "chest_xray"
     if local.is_dir():
         return DatasetLocation(local, "project")
@@ -500,11 +500,20 @@ def find_dataset(
     return DatasetLocation(root, "demo", is_demo=True)
 
 
-def _is_demo(root: Path) -> bool:
-    """True for a folder written by :func:`helpers.demo.make_demo_dataset` (it leaves a marker)."""
+def is_demo_folder(root: str | Path) -> bool:
+    """True when ``root`` (or the folder holding its splits) carries the demo generator's marker.
+
+    ``find_dataset`` uses it so that a demo folder given explicitly (``--data``,
+    ``PNEUMONIA_DATA_DIR``) is flagged as synthetic just like its own fallback.
+    """
     from helpers.demo import MARKER
 
-    return any((folder / MARKER).is_file() for folder in (root, root / "chest_xray"))
+    try:
+        splits = resolve_layout(root)
+    except DatasetError:
+        return False
+    candidates = {Path(root), *(folder.parent for folder in splits.values())}
+    return any((folder / MARKER).is_file() for folder in candidates)
 
 
 def _kagglehub_available() -> bool:

@@ -33,8 +33,7 @@ from sklearn.metrics import (
 )
 
 from helpers.config import CLASSES, Config, outputs_dir
-from helpers.data import DatasetError, make_splits, resolve_layout, scan
-from helpers.demo import MARKER as DEMO_MARKER
+from helpers.data import DatasetError, is_demo_folder, make_splits, scan
 from helpers.files import atomic_write_text
 from helpers.preprocess import (
     BatchLoader,
@@ -565,12 +564,6 @@ def _same_folder(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def _is_demo_folder(root: Path) -> bool:
-    """True when ``root`` (or the folder holding its splits) carries the demo dataset's marker."""
-    candidates = {root, *(folder.parent for folder in resolve_layout(root).values())}
-    return any((folder / DEMO_MARKER).is_file() for folder in candidates)
-
-
 def _cached_rows(cache: ImageCache, table: pd.DataFrame) -> tuple[list[int], list[int], list[str]]:
     """Cache rows and targets of ``table``'s images, plus the paths that failed to decode."""
     indices: list[int] = []
@@ -713,7 +706,7 @@ def evaluate_run(
         root = Path(train_root)
         table = prepared.splits[split]
         cache = prepared.cache
-        is_demo = bool(data_info.get("is_demo")) or _is_demo_folder(root)
+        is_demo = bool(data_info.get("is_demo")) or is_demo_folder(root)
     else:
         root = Path(data_dir).expanduser()
         scanned = scan(root)
@@ -725,7 +718,7 @@ def evaluate_run(
         else:
             table = make_splits(scanned.images, config)["val"]
         cache = None
-        is_demo = _is_demo_folder(root)
+        is_demo = is_demo_folder(root)
     if table.empty:
         raise DatasetError(f"{root}: no {split} images to evaluate")
     if cache is None:

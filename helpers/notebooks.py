@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.config import Config, outputs_dir, project_root
-from helpers.data import DatasetError, DatasetLocation, find_dataset, resolve_layout
-from helpers.demo import MARKER as DEMO_MARKER
+from helpers.data import DatasetLocation, find_dataset, is_demo_folder
 from helpers.files import atomic_write_text
 
 NOTEBOOKS: tuple[str, ...] = (
@@ -52,18 +51,10 @@ class NotebookError(RuntimeError):
 def uses_demo_data(location: DatasetLocation) -> bool:
     """True when ``location`` is the synthetic demo dataset, however it was found.
 
-    ``find_dataset`` marks its own demo fallback, but a demo folder passed explicitly (as
-    ``run-notebooks`` and CI do through ``PNEUMONIA_DATA_DIR``) is only recognisable by the
-    marker file the generator writes next to the split folders.
+    A thin wrapper kept for the notebooks' readability: ``find_dataset`` flags its own demo
+    fallback and any folder carrying the demo generator's marker (:func:`is_demo_folder`).
     """
-    if location.is_demo:
-        return True
-    root = Path(location.root)
-    try:
-        folders = {root, *(split.parent for split in resolve_layout(root).values())}
-    except DatasetError:
-        folders = {root}
-    return any((folder / DEMO_MARKER).is_file() for folder in folders)
+    return location.is_demo or is_demo_folder(location.root)
 
 
 def show_setup(config: Config, location: DatasetLocation) -> None:
