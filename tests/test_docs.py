@@ -59,3 +59,5 @@ def test_ci_runs_the_readme_commands():
     assert 'pip install -e ".[dev]"' in readme and 'pip install -e ".[dev]"' in ci
     assert "\npytest\n" in readme and "pytest" in ci
     assert "MPLBACKEND=Agg" in ci
+    assert "python -m helpers run-notebooks --quick" in readme
+    assert "python -m helpers run-notebooks --quick" in ci
