@@ -288,11 +288,6 @@ def _open_existing(
         return None
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary name in the same folder, then rename it into place."""
-    atomic_write_text(path, json.dumps(payload, indent=1))
-
-
 def _remove_stale_temps(cache_dir: Path, stem: str, older_than_s: float = 3600.0) -> None:
     """Delete temporary files of this cache left by a build killed more than an hour ago.
 
@@ -413,7 +408,7 @@ def _build(
         "ok": ok.tolist(),
         "failed": failed,
     }
-    _write_json_atomic(index_path, index)  # last: only now is the cache valid
+    atomic_write_text(index_path, json.dumps(index, indent=1))  # last: now the cache is valid
     return ImageCache(npy_path, index)
 
 

@@ -84,8 +84,7 @@ def make_figures(
     plot_confusion_pair(np.asarray(metrics["confusion_matrix"]), save=out / "confusion_matrix.png")
     y, p = predictions["target"].to_numpy(), predictions["p_pneumonia"].to_numpy()
     fpr, tpr, _ = roc_points(y, p)
-    cm = np.asarray(metrics["confusion_matrix"])
-    at_half = (cm[0, 1] / cm[0].sum(), cm[1, 1] / cm[1].sum())
+    at_half = (1 - metrics["specificity"], metrics["sensitivity"])  # (fpr, tpr) at 0.5
     plot_roc(fpr, tpr, metrics["roc_auc"], {"threshold 0.5": at_half}, save=out / "roc.png")
     where = f"{metrics['n_images']} images of {metrics['data_root']} ({split} split)"
     made["confusion_matrix.png"] = made["roc.png"] = f"run {run_dir.name} evaluated on {where}"

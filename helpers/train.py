@@ -470,9 +470,9 @@ def train(
 
 def _check_compatible(state: dict[str, Any], config: Config, path: Path) -> None:
     """Refuse to resume a run made with a different recipe (the history would be meaningless)."""
-    saved = Config.from_dict(state["config"])
-    if saved != config:
-        changed = [k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v]
+    saved = Config.from_dict(state["config"]).to_dict()
+    changed = [k for k, v in config.to_dict().items() if saved[k] != v]
+    if changed:
         raise RunError(
             f"{path}: made with a different config (changed: {', '.join(changed)}); use a new run folder"
         )
