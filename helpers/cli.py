@@ -87,6 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "augment": args.augment,
+        "intensity": args.intensity,
+        "label_smoothing": args.label_smoothing,
+        "ema_decay": args.ema_decay,
+        "patience": args.patience,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     if config.image_size % 32:
@@ -281,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["robust", "article"],
         help="training augmentation: the article's exactly, or wider exposure/contrast/zoom (default)",
     )
+    p.add_argument(
+        "--intensity",
+        choices=["none", "equalize", "clahe"],
+        help="per-image intensity normalisation after resizing (default none, as the article)",
+    )
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (0)")
+    p.add_argument("--ema-decay", type=float, help="EMA of the weights per step, 0 = off (0)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (10)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--quick", action="store_true", help="small images, few epochs, a subset")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

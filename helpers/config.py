@@ -58,6 +58,9 @@ class Config:
     # article; "robust" (default) adds wider exposure, contrast and zoom changes to every
     # image, because the official test split was acquired differently from train.
     augment: str = "robust"
+    # Per-image intensity normalisation after resizing: "none" (the article), "equalize"
+    # (global histogram equalisation) or "clahe" (contrast-limited adaptive equalisation).
+    intensity: str = "none"
 
     # Model
     pretrained: str = "auto"  # "imagenet" | "none" | "auto"
@@ -76,6 +79,10 @@ class Config:
     eta_min: float = 1e-8  # defined but never passed in the original notebook
     grad_clip: float = 0.5
     patience: int = 10
+    label_smoothing: float = 0.0  # 0 = the article's plain (weighted) cross-entropy
+    # Exponential moving average of the weights, updated after every step; when > 0 the
+    # averaged weights are the ones validated, kept (best.pt) and tested. 0 = off (article).
+    ema_decay: float = 0.0
     epochs: int = 100  # maximum; early stopping usually ends sooner
 
     # From-scratch recipe, used when no ImageNet weights are available (pretrained="none"):

@@ -132,8 +132,78 @@ def gray_resize(image: Image.Image, size: int) -> np.ndarray:
     return np.clip(np.rint(np.asarray(resized, dtype=np.float32)), 0, 255).astype(np.uint8)
 
 
-def load_gray(path: str | Path, size: int, *, draft: bool = True) -> np.ndarray:
+INTENSITY_CHOICES = ("none", "equalize", "clahe")
+"""Per-image intensity normalisation applied after resizing (``Config.intensity``)."""
+
+CLAHE_TILES = 8
+CLAHE_CLIP = 2.0
+
+
+def equalize(image: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of a uint8 image: grey levels mapped through their CDF.
+
+    Any strictly increasing change of exposure or contrast (gamma, gain, offset) leaves the
+    ranks of the pixels unchanged, so the equalised image barely depends on it: what differs
+    between X-ray machines is largely removed before the network sees the image.
+    """
+    hist = np.bincount(image.ravel(), minlength=256)
+    cdf = np.cumsum(hist)
+    lut = np.rint(255.0 * cdf / cdf[-1]).astype(np.uint8)
+    return lut[image]
+
+
+def clahe(image: np.ndarray, tiles: int = CLAHE_TILES, clip: float = CLAHE_CLIP) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (CLAHE) of a uint8 image.
+
+    The image is cut into ``tiles x tiles`` regions; each gets its own equalisation curve,
+    from a histogram clipped at ``clip`` times the mean bin count (the clipped excess is
+    spread evenly over all bins), which limits how much noise in flat regions is amplified.
+    Each pixel's output blends the curves of the four nearest region centres bilinearly, so
+    no seams show. ``tiles=1`` with a very large ``clip`` is :func:`equalize`.
+    """
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"clahe expects a 2-D uint8 image, got {image.dtype} {image.shape}")
+    height, width = image.shape
+    rows = np.linspace(0, height, tiles + 1).round().astype(int)
+    cols = np.linspace(0, width, tiles + 1).round().astype(int)
+    curves = np.empty((tiles, tiles, 256), dtype=np.float64)
+    for i in range(tiles):
+        for j in range(tiles):
+            region = image[rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
+            hist = np.bincount(region.ravel(), minlength=256).astype(np.float64)
+            limit = max(1.0, clip * region.size / 256)
+            excess = np.maximum(hist - limit, 0.0).sum()
+            hist = np.minimum(hist, limit) + excess / 256
+            curves[i, j] = 255.0 * np.cumsum(hist) / region.size
+    # Fractional region coordinates of every row and column (clamped at the borders).
+    fy = np.interp(np.arange(height), (rows[:-1] + rows[1:] - 1) / 2, np.arange(tiles))
+    fx = np.interp(np.arange(width), (cols[:-1] + cols[1:] - 1) / 2, np.arange(tiles))
+    y0, x0 = np.floor(fy).astype(int), np.floor(fx).astype(int)
+    y1, x1 = np.minimum(y0 + 1, tiles - 1), np.minimum(x0 + 1, tiles - 1)
+    wy, wx = (fy - y0)[:, None], (fx - x0)[None, :]
+    y0, y1, x0, x1 = y0[:, None], y1[:, None], x0[None, :], x1[None, :]
+    top = (1 - wx) * curves[y0, x0, image] + wx * curves[y0, x1, image]
+    bottom = (1 - wx) * curves[y1, x0, image] + wx * curves[y1, x1, image]
+    return np.clip(np.rint((1 - wy) * top + wy * bottom), 0, 255).astype(np.uint8)
+
+
+def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
+    """Apply ``mode`` (one of :data:`INTENSITY_CHOICES`) to a uint8 grey image."""
+    if mode == "none":
+        return image
+    if mode == "equalize":
+        return equalize(image)
+    if mode == "clahe":
+        return clahe(image)
+    raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {mode!r}")
+
+
+def load_gray(
+    path: str | Path, size: int, *, draft: bool = True, intensity: str = "none"
+) -> np.ndarray:
     """Decode one image file to a uint8 ``(size, size)`` grayscale array (bicubic, squashed).
+
+    ``intensity`` then applies a per-image normalisation (:func:`normalize_intensity`).
 
     JPEGs are decoded with ``Image.draft`` at a reduced DCT scale when the target is much
     smaller (never below ``DRAFT_FACTOR x size``); ``draft=False`` forces a full decode.
@@ -141,6 +211,8 @@ def load_gray(path: str | Path, size: int, *, draft: bool = True) -> np.ndarray:
     that is not an image, an unsupported mode, or more than ``MAX_PIXELS`` pixels.
     """
     path = Path(path)
+    if intensity not in INTENSITY_CHOICES:
+        raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
     try:
         nbytes = path.stat().st_size
     except OSError as err:
@@ -159,7 +231,7 @@ def load_gray(path: str | Path, size: int, *, draft: bool = True) -> np.ndarray:
             if draft and image.format == "JPEG":
                 image.draft("L", (DRAFT_FACTOR * size, DRAFT_FACTOR * size))
             image.load()
-            return gray_resize(image, size)
+            return normalize_intensity(gray_resize(image, size), intensity)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
@@ -246,14 +318,17 @@ class ImageCache:
         return out
 
 
-def cache_fingerprint(paths: Sequence[str | Path], size: int) -> str:
-    """sha1 of the format version, the size and each file's (path, bytes, mtime_ns).
+def cache_fingerprint(paths: Sequence[str | Path], size: int, intensity: str = "none") -> str:
+    """sha1 of the format version, the size, the intensity mode and each file's (path, bytes,
+    mtime_ns).
 
-    Any added, removed, renamed, rewritten or touched file, or another size, changes it.
+    Any added, removed, renamed, rewritten or touched file, another size or another intensity
+    normalisation changes it.
     Missing files are part of the fingerprint too (they will be recorded as failed).
     """
     digest = hashlib.sha1()
-    digest.update(json.dumps({"format_version": CACHE_FORMAT_VERSION, "size": size}).encode())
+    header = {"format_version": CACHE_FORMAT_VERSION, "size": size, "intensity": intensity}
+    digest.update(json.dumps(header).encode())
     for p in paths:
         try:
             stat = os.stat(p)
@@ -303,10 +378,10 @@ def _remove_stale_temps(cache_dir: Path, stem: str, older_than_s: float = 3600.0
             pass
 
 
-def _decode_or_reason(path: str, size: int) -> np.ndarray | str:
+def _decode_or_reason(path: str, size: int, intensity: str) -> np.ndarray | str:
     """:func:`load_gray`, returning the failure reason instead of raising (for the pool)."""
     try:
-        return load_gray(path, size)
+        return load_gray(path, size, intensity=intensity)
     except ImageError as err:
         return err.reason
 
@@ -318,6 +393,7 @@ def build_cache(
     progress: bool = True,
     *,
     workers: int = DECODE_WORKERS,
+    intensity: str = "none",
 ) -> ImageCache:
     """Decode every image once to uint8 ``size x size`` and store them in one ``.npy`` array.
 
@@ -327,8 +403,10 @@ def build_cache(
     complete; the JSON index (``paths``, ``size``, ``ok``, ``failed``, ``fingerprint``,
     ``format_version``) is renamed into place last, and only an index makes a cache valid.
     Images that fail to decode get a zero row, ``ok=False`` and their reason in ``failed``;
-    a one-line warning gives the count.
+    a one-line warning gives the count. ``intensity``: see :func:`normalize_intensity`.
     """
+    if intensity not in INTENSITY_CHOICES:
+        raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     path_list = [str(p) for p in paths]
@@ -336,15 +414,18 @@ def build_cache(
         raise ValueError("build_cache: paths contain duplicates")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = cache_fingerprint(path_list, size)
-    stem = f"gray{size}-{len(path_list)}-{fingerprint[:16]}"
+    fingerprint = cache_fingerprint(path_list, size, intensity)
+    mode = "" if intensity == "none" else f"-{intensity}"
+    stem = f"gray{size}{mode}-{len(path_list)}-{fingerprint[:16]}"
     npy_path = cache_dir / f"{stem}.npy"
     index_path = cache_dir / f"{stem}.json"
 
     cache = _open_existing(npy_path, index_path, fingerprint, len(path_list), size)
     if cache is None:
         _remove_stale_temps(cache_dir, stem)
-        cache = _build(path_list, size, npy_path, index_path, fingerprint, progress, workers)
+        cache = _build(
+            path_list, size, npy_path, index_path, fingerprint, progress, workers, intensity
+        )
     if cache.failed:
         warnings.warn(
             f"{len(cache.failed)} of {len(cache)} images could not be decoded (zero rows, "
@@ -362,6 +443,7 @@ def _build(
     fingerprint: str,
     progress: bool,
     workers: int,
+    intensity: str,
 ) -> ImageCache:
     """Decode ``paths`` into a new cache (see :func:`build_cache`); one pass, bounded memory."""
     from tqdm.auto import tqdm
@@ -382,7 +464,9 @@ def _build(
             for start in range(0, n, window):
                 chunk = paths[start : start + window]
                 for offset, result in enumerate(
-                    pool.map(_decode_or_reason, chunk, [size] * len(chunk))
+                    pool.map(
+                        _decode_or_reason, chunk, [size] * len(chunk), [intensity] * len(chunk)
+                    )
                 ):
                     row = start + offset
                     if isinstance(result, str):
@@ -402,6 +486,7 @@ def _build(
         "format_version": CACHE_FORMAT_VERSION,
         "fingerprint": fingerprint,
         "size": size,
+        "intensity": intensity,
         "decoder": f"pillow-{Image.__version__} draft>={DRAFT_FACTOR}x bicubic",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "paths": paths,

@@ -140,7 +140,10 @@ def prepare_data(
         print(f"skipping {len(scanned.problems)} unusable files (see `python -m helpers scan`)")
     splits = make_splits(scanned.images, config)
     paths = pd.concat([splits[s]["path"] for s in ("train", "val", "test")]).tolist()
-    cache = build_cache(paths, config.image_size, outputs_dir() / "cache", progress=progress)
+    cache = build_cache(
+        paths, config.image_size, outputs_dir() / "cache", progress=progress,
+        intensity=config.intensity,
+    )  # fmt: skip
     return PreparedData(location, scanned, splits, cache)
 
 
@@ -211,8 +214,12 @@ def run_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
     progress: Any = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> EpochResult:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
+
+    ``grad_clip=None`` trains without clipping; ``ema``, when given, is updated after every
+    optimiser step.
 
     Loss is averaged per image (the weighted loss's own normalisation per batch, weighted
     by batch size); accuracy and F1 are computed over all of the epoch's predictions.
@@ -235,13 +242,17 @@ def run_epoch(
                 if scaler is not None and scaler.is_enabled():
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(params, grad_clip)
+                    if grad_clip is not None:
+                        nn.utils.clip_grad_norm_(params, grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     loss.backward()
-                    nn.utils.clip_grad_norm_(params, grad_clip)
+                    if grad_clip is not None:
+                        nn.utils.clip_grad_norm_(params, grad_clip)
                     optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
             total_loss += float(loss.detach()) * len(y)
             seen += len(y)
             targets.append(y.cpu())
@@ -321,7 +332,10 @@ def train(
     if not model.frozen:
         use_scratch_batchnorm(model)
     model = to_channels_last(model, dev)
-    criterion = nn.CrossEntropyLoss(weight=torch.tensor([weights[c] for c in CLASSES], device=dev))
+    criterion = nn.CrossEntropyLoss(
+        weight=torch.tensor([weights[c] for c in CLASSES], device=dev),
+        label_smoothing=config.label_smoothing,
+    )
     groups = parameter_groups(model, config)
     optimizer = torch.optim.AdamW(
         groups, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
@@ -330,6 +344,14 @@ def train(
         optimizer, T_0=config.t_0, T_mult=config.t_mult, eta_min=config.eta_min
     )
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    ema = None
+    if config.ema_decay > 0:  # averages parameters and BatchNorm statistics alike
+        ema = torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
+    kept = model if ema is None else ema.module  # the weights validated, saved and tested
     train_loader = BatchLoader(
         data.cache, train_idx, train_y, config.batch_size, shuffle=True, augment=True,
         policy=config.augment, seed=config.seed, device=dev,
@@ -348,6 +370,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         history = pd.read_csv(run_dir / "history.csv").to_dict(orient="records")[: state["epoch"]]
         best_loss, best_epoch, bad_epochs = (
@@ -385,7 +409,7 @@ def train(
             "weights_used": model.weights_used,
             "frozen": model.frozen,
             "epoch": epoch,
-            "model": model.state_dict(),
+            "model": kept.state_dict(),
         }
 
     stopped_early = False
@@ -405,9 +429,9 @@ def train(
             disable=not progress,
         )
         fit = run_epoch(
-            model, train_loader, criterion, dev, optimizer, scaler, config.grad_clip, bar
+            model, train_loader, criterion, dev, optimizer, scaler, config.grad_clip, bar, ema
         )
-        val = run_epoch(model, val_loader, criterion, dev, progress=bar)
+        val = run_epoch(kept, val_loader, criterion, dev, progress=bar)
         bar.close()
         scheduler.step()
         row = {
@@ -432,6 +456,8 @@ def train(
         _write_history(run_dir / "history.csv", history)
         last = checkpoint(epoch + 1)
         last.update(
+            model=model.state_dict(),
+            ema=None if ema is None else ema.state_dict(),
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict(),

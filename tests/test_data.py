@@ -238,17 +238,21 @@ def test_network_check_fails_fast_offline():
     assert not answered and time.perf_counter() - start < 2
 
 
-def test_real_train_split_counts(shared_data):
+def test_real_split_counts(shared_data):
+    """The shared copy holds the complete Kaggle train and official test splits."""
     result = scan(shared_data / "kermany-224")
     counts = result.counts()
     assert (counts.loc["train", "NORMAL"], counts.loc["train", "PNEUMONIA"]) == (1341, 3875)
+    assert (counts.loc["test", "NORMAL"], counts.loc["test", "PNEUMONIA"]) == (234, 390)
     assert result.problems.empty
-    weights = class_weights(result.images.target)
+    train = result.images[result.images.split == "train"]
+    weights = class_weights(train.target)
     assert weights == {"NORMAL": 1.9448173005219984, "PNEUMONIA": 0.6730322580645162}
     splits = make_splits(result.images, Config())
     assert not set(splits["train"].patient) & set(splits["val"].patient)
-    assert 0.04 < len(splits["val"]) / len(result.images) < 0.06
+    assert 0.04 < len(splits["val"]) / len(train) < 0.06
     assert np.isclose(splits["val"].target.mean(), 3875 / 5216, atol=0.03)
+    assert len(splits["test"]) == 624
 
 
 def test_colab_secrets_become_kaggle_credentials(monkeypatch):

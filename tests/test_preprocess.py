@@ -509,3 +509,51 @@ def test_robust_policy_is_seeded_and_widens_intensity():
     assert torch.equal(article, augment_batch(x, torch.Generator().manual_seed(3)))
     with pytest.raises(ValueError, match="policy"):
         augment_policy(x, torch.Generator(), "wild")
+
+
+def test_equalize_removes_a_monotone_exposure_change():
+    """Histogram equalisation depends only on the ranks of the grey levels, so a contrast and
+    brightness change applied before it (here a gain of 2 and an offset) changes nothing."""
+    from helpers.preprocess import equalize
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 170, size=(64, 64)).astype(np.uint8)
+    stretched = (2 * image.astype(int) - 100).astype(np.uint8)  # 20..238, ranks kept
+    assert np.abs(image.astype(int) - stretched.astype(int)).max() > 60
+    assert np.array_equal(equalize(image), equalize(stretched))
+
+
+def test_clahe_with_one_region_and_no_clipping_is_global_equalisation():
+    from helpers.preprocess import clahe, equalize
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(48, 40)).astype(np.uint8)
+    assert np.abs(clahe(image, tiles=1, clip=1e9).astype(int) - equalize(image)).max() <= 1
+
+
+def test_clahe_stretches_local_contrast_without_seams():
+    from helpers.preprocess import clahe
+
+    y, x = np.mgrid[0:128, 0:128]
+    # A dim left half and a bright right half, each with faint texture.
+    image = np.where(x < 64, 60, 180) + (5 * np.sin(x / 3.0) * np.cos(y / 4.0))
+    image = image.astype(np.uint8)
+    out = clahe(image)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    for half in (out[:, 8:56], out[:, 72:120]):  # texture inside each half is amplified
+        assert half.std() > 2 * image[:, 8:56].std()
+    # Neighbouring pixels within a half never jump by much (bilinear blending of curves).
+    assert np.abs(np.diff(out[:, 8:56].astype(int), axis=0)).max() < 80
+
+
+def test_cache_is_keyed_by_intensity(tmp_path, demo_root):
+    from helpers.preprocess import build_cache, load_gray
+
+    paths = sorted(str(p) for p in (demo_root / "train" / "NORMAL").iterdir())[:4]
+    plain = build_cache(paths, 64, tmp_path, progress=False)
+    equal = build_cache(paths, 64, tmp_path, progress=False, intensity="equalize")
+    assert plain.path != equal.path
+    assert np.array_equal(equal.array[0], load_gray(paths[0], 64, intensity="equalize"))
+    assert not np.array_equal(plain.array[0], equal.array[0])
+    with pytest.raises(ValueError, match="intensity"):
+        load_gray(paths[0], 64, intensity="sharpen")
