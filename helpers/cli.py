@@ -75,7 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from helpers.config import config_from_env
     from helpers.data import DatasetError
     from helpers.model import WeightsUnavailableError
-    from helpers.train import RunError, train
+    from helpers.runs import RunError
+    from helpers.train import train
 
     config = config_from_env()
     if args.quick:
@@ -115,21 +116,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run's best.pt on a split, print the Table-2 style report and the JSON path."""
     from helpers.data import DatasetError
     from helpers.evaluate import evaluate_run, format_metrics
-    from helpers.train import RunError
+    from helpers.runs import RunError
 
     try:
-        metrics = evaluate_run(args.run, args.data, split=args.split, device=args.device)
+        metrics = evaluate_run(
+            args.run, args.data, split=args.split, device=args.device, tta=args.tta
+        )
     except (RunError, DatasetError) as err:
         raise CliError(str(err)) from err
     print(format_metrics(metrics))
-    print(f"metrics written to {Path(args.run) / f'metrics-{args.split}.json'}")
+    name = args.split + ("-tta" if args.tta else "")
+    print(f"metrics written to {Path(args.run) / f'metrics-{name}.json'}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """One line per image: path, label, P(pneumonia); unreadable files named on stderr (exit 1)."""
     from helpers.evaluate import predict_images
-    from helpers.train import RunError, load_model_from_run, pick_device
+    from helpers.runs import RunError, load_model_from_run
+    from helpers.train import pick_device
 
     device = pick_device(args.device)
     try:
@@ -137,7 +142,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except RunError as err:
         raise CliError(str(err)) from err
     failed = 0
-    for result in predict_images(model, args.images, config.image_size, device):
+    results = predict_images(
+        model, args.images, config.image_size, device, intensity=config.intensity
+    )
+    for result in results:
         if result.error is not None:
             print(f"error: {result.path}: {result.error}", file=sys.stderr)
             failed += 1
@@ -153,7 +161,7 @@ EXPORT_NAMES = {"torchscript": "model-torchscript.pt", "onnx": "model.onnx"}
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's best model (CPU, its image size) as TorchScript or ONNX."""
     from helpers.export import ExportError, export_model
-    from helpers.train import RunError, load_model_from_run
+    from helpers.runs import RunError, load_model_from_run
 
     out = args.out or Path(args.run) / EXPORT_NAMES[args.format]
     try:
@@ -327,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
     p.add_argument("--data", type=Path, default=None, help="data folder (default: the run's)")
     p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument(
+        "--tta", action="store_true", help="average each image with its mirror image (flip)"
+    )
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_evaluate)
 

@@ -7,8 +7,9 @@ notebook, the command line and the tests all read the same numbers. Change a val
 Environment variables read by :func:`config_from_env`:
 
 ``PNEUMONIA_QUICK``
-    ``1`` switches to :meth:`Config.quick`: small images, few epochs and a subset, so
-    that CI (and a curious reader) can run every notebook in seconds with the same code.
+    ``1`` switches to :meth:`Config.quick_mode`: small images, few epochs and a subset, so
+    that CI (and a curious reader) can run every notebook in seconds with the same code;
+    ``0`` forces the full recipe. When set, it wins over a notebook's ``QUICK`` switch.
 ``PNEUMONIA_DATA_DIR``
     Where the dataset is (read by :func:`helpers.data.find_dataset`).
 ``PNEUMONIA_OUTPUTS``
@@ -65,6 +66,9 @@ class Config:
     # Model
     pretrained: str = "auto"  # "imagenet" | "none" | "auto"
     dropout: float = 0.5
+    # With ImageNet weights, how many of the 13 `features` blocks train (the article: the last
+    # two); all blocks before them are frozen. "Unfreeze more blocks" is this one number.
+    trainable_blocks: int = 2
 
     # Optimisation
     batch_size: int = 64
@@ -129,15 +133,18 @@ class Config:
         )
 
 
-def is_quick() -> bool:
-    """True when ``PNEUMONIA_QUICK`` asks for the small, fast configuration."""
-    return os.environ.get("PNEUMONIA_QUICK", "").strip().lower() in TRUE_VALUES
+def is_quick(default: bool = False) -> bool:
+    """Whether to use the small, fast configuration: ``PNEUMONIA_QUICK`` when it is set
+    (``1``/``true``/``yes``/``on`` or anything else for no), otherwise ``default``."""
+    value = os.environ.get("PNEUMONIA_QUICK", "").strip().lower()
+    return value in TRUE_VALUES if value else default
 
 
-def config_from_env(**overrides: Any) -> Config:
-    """The default config, shrunk when ``PNEUMONIA_QUICK=1``, then ``overrides`` applied."""
+def config_from_env(quick: bool = False, **overrides: Any) -> Config:
+    """The article's recipe, shrunk by :meth:`Config.quick_mode` when :func:`is_quick` says so
+    (the notebooks pass their ``QUICK`` switch as ``quick``), then ``overrides`` applied."""
     config = Config()
-    if is_quick():
+    if is_quick(quick):
         config = config.quick_mode()
     return config.replace(**overrides) if overrides else config
 

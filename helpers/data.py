@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import sys
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +22,14 @@ from PIL import Image, UnidentifiedImageError
 
 from helpers.config import (
     CLASSES,
-    KAGGLE_DATASET,
     MAX_IMAGE_PIXELS,
     Config,
-    outputs_dir,
-    project_root,
 )
+from helpers.images import oriented_size
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 SYSTEM_JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}
-KAGGLE_INPUT = Path("/kaggle/input")
 COLUMNS = [
     "path",
     "split",
@@ -193,13 +187,16 @@ def _complete_file(path: Path, fmt: str) -> bool:
 def read_header(path: Path) -> tuple[int, int, str, str]:
     """``(width, height, mode, format)`` from the image header, without decoding pixels.
 
+    Width and height are those of the upright image (EXIF orientation applied), the size
+    :func:`helpers.images.load_gray` will see.
+
     Raises ``ValueError`` with the reason when the file is empty, not an image, or truncated.
     """
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
     try:
         with Image.open(path) as img:
-            width, height, mode, fmt = img.width, img.height, img.mode, img.format or "?"
+            (width, height), mode, fmt = oriented_size(img), img.mode, img.format or "?"
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can read") from None
     except Image.DecompressionBombError as err:
@@ -348,6 +345,28 @@ def make_splits(images: pd.DataFrame, config: Config) -> dict[str, pd.DataFrame]
     return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True), "test": test}
 
 
+TEST_HALVES_SEED = 2018
+"""Fixed once, never tuned: which test patients fall in which half (:func:`test_halves`)."""
+
+
+def test_halves(test: pd.DataFrame, seed: int = TEST_HALVES_SEED) -> dict[str, pd.DataFrame]:
+    """The official test split cut in two by patient: ``choose`` and ``report``.
+
+    The test split is for measuring, never for choosing. But some choices can only be judged
+    on data that shows the shift between the training and the test images (an augmentation
+    policy, an intensity normalisation). Such choices look at the ``choose`` half only; the
+    ``report`` half stays untouched and gives the honest number. The halves are stratified by
+    class and keep every patient on one side; ``seed`` is a constant of the project, so the
+    halves are the same for every run and every reader.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    table = test.reset_index(drop=True)
+    folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+    choose, report = next(folds.split(table, table["target"], groups=table["patient"]))
+    return {"choose": table.iloc[choose], "report": table.iloc[report]}
+
+
 def _patient_subset(table: pd.DataFrame, n_images: int, seed: int) -> pd.DataFrame:
     """About ``n_images`` rows made of whole patients, class balance kept (seeded)."""
     rng = np.random.default_rng(seed)
@@ -374,154 +393,6 @@ def class_weights(targets: Iterable[int], n_classes: int = len(CLASSES)) -> dict
         raise DatasetError(f"cannot weight classes: no {', '.join(missing)} images")
     total = int(counts.sum())
     return {CLASSES[c]: total / (int(counts[c]) * n_classes) for c in range(n_classes)}
-
-
-# --- finding (and downloading) the dataset -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DatasetLocation:
-    """Where the data was found and how: ``source`` in argument, env, project, kaggle-input,
-    kagglehub or demo. ``is_demo`` marks synthetic data, never to be read as medical results."""
-
-    root: Path
-    source: str
-    is_demo: bool = False
-
-
-def _network_answers(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
-    """True when a TCP connection to ``host`` opens within ``timeout`` seconds (never hangs)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _kaggle_input_dataset() -> Path | None:
-    """The dataset attached to a Kaggle notebook (``/kaggle/input/<name>/chest_xray``), if any."""
-    if not KAGGLE_INPUT.is_dir():
-        return None
-    for candidate in sorted(KAGGLE_INPUT.iterdir()):
-        try:
-            resolve_layout(candidate)
-            return candidate
-        except DatasetError:
-            continue
-    return None
-
-
-def download_with_kagglehub() -> Path:
-    """Download the dataset with ``kagglehub`` (cached by kagglehub after the first time).
-
-    Needs Kaggle credentials: ``kagglehub.login()``, ``~/.kaggle/kaggle.json`` or the
-    ``KAGGLE_USERNAME``/``KAGGLE_KEY`` variables (Colab: add them as secrets).
-    """
-    import kagglehub  # optional dependency: pip install kagglehub
-
-    _credentials_from_colab_secrets()
-    try:
-        return Path(kagglehub.dataset_download(KAGGLE_DATASET))
-    except Exception as err:  # kagglehub raises several types; turn them into one message
-        text = str(err)
-        if "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text:
-            raise DatasetError(
-                f"Kaggle refused the download of {KAGGLE_DATASET} ({text.strip()[:200]}). "
-                "Set KAGGLE_USERNAME and KAGGLE_KEY (Colab: Secrets panel), run "
-                "kagglehub.login(), or download the zip by hand (see data/README.md)."
-            ) from err
-        raise DatasetError(
-            f"kagglehub could not download {KAGGLE_DATASET}: {text.strip()[:300]}"
-        ) from err
-
-
-def _credentials_from_colab_secrets() -> None:
-    """On Colab, copy the ``KAGGLE_USERNAME``/``KAGGLE_KEY`` secrets into the environment.
-
-    Colab keeps secrets (the key icon in the left panel) out of ``os.environ``; kagglehub reads
-    the environment. Variables already set win; a missing or unshared secret is skipped (then
-    kagglehub tries ``~/.kaggle/kaggle.json`` and a refusal says what to do).
-    """
-    try:
-        from google.colab import userdata  # only exists on Colab
-    except ImportError:
-        return
-    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
-        if os.environ.get(name):
-            continue
-        try:
-            value = userdata.get(name)
-        except Exception:  # SecretNotFoundError, NotebookAccessError: not given to this notebook
-            print(
-                f"Colab secret {name} not available: add it in the key panel (or kagglehub.login())"
-            )
-            continue
-        if value:
-            os.environ[name] = value
-
-
-def find_dataset(
-    path: str | Path | None = None, *, download: bool = True, demo_images: int = 600
-) -> DatasetLocation:
-    """Find the dataset, in this order, and say where it came from.
-
-    1. ``path`` (argument), then ``PNEUMONIA_DATA_DIR``: must exist, else an error.
-    2. ``data/chest_xray`` in the project.
-    3. A Kaggle notebook's attached input (``/kaggle/input/...``).
-    4. ``kagglehub`` download, when it is installed and kaggle.com answers (checked with a
-       3-second connection attempt, so offline machines never hang).
-    5. Otherwise the synthetic demo dataset, generated once under ``outputs/demo-data``, with
-       a loud message: results on it are not medical results.
-    """
-    explicit = [(path, "argument"), (os.environ.get("PNEUMONIA_DATA_DIR") or None, "env")]
-    for candidate, source in explicit:
-        if candidate is not None:
-            resolve_layout(candidate)  # raises with the reason when unusable
-            root = Path(candidate).expanduser()
-            return DatasetLocation(root, source, is_demo=is_demo_folder(root))
-    local = project_root() / "data" / "chest_xray"
-    if local.is_dir():
-        return DatasetLocation(local, "project")
-    kaggle = _kaggle_input_dataset()
-    if kaggle is not None:
-        return DatasetLocation(kaggle, "kaggle-input")
-    if download and _kagglehub_available() and _network_answers():
-        return DatasetLocation(download_with_kagglehub(), "kagglehub")
-    from helpers.demo import make_demo_dataset
-
-    root = make_demo_dataset(outputs_dir() / "demo-data", n_images=demo_images)
-    message = (
-        "*** The real dataset was not found: using the SYNTHETIC demo dataset in "
-        f"{root}. Numbers and figures from it are not medical results. To use the real X-rays, "
-        "see data/README.md (Kaggle download into data/chest_xray, or set PNEUMONIA_DATA_DIR). ***"
-    )
-    warnings.warn(message, stacklevel=2)
-    print(message, file=sys.stderr)
-    return DatasetLocation(root, "demo", is_demo=True)
-
-
-def is_demo_folder(root: str | Path) -> bool:
-    """True when ``root`` (or the folder holding its splits) carries the demo generator's marker.
-
-    ``find_dataset`` uses it so that a demo folder given explicitly (``--data``,
-    ``PNEUMONIA_DATA_DIR``) is flagged as synthetic just like its own fallback.
-    """
-    from helpers.demo import MARKER
-
-    try:
-        splits = resolve_layout(root)
-    except DatasetError:
-        return False
-    candidates = {Path(root), *(folder.parent for folder in splits.values())}
-    return any((folder / MARKER).is_file() for folder in candidates)
-
-
-def _kagglehub_available() -> bool:
-    try:
-        import kagglehub  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def make_holdout(

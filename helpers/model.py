@@ -22,12 +22,12 @@ random layers would be pointless).
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pandas as pd
 import torch
 import torchvision
 from torch import nn
@@ -35,7 +35,7 @@ from torch import nn
 from helpers.config import Config
 
 PRETRAINED_CHOICES = ("imagenet", "none", "auto")
-N_TRAINABLE_BLOCKS = 2  # features[-2:] train; everything before them is frozen
+TRAINABLE_BLOCKS = 2  # the article: features[-2:] train, everything before them is frozen
 N_FEATURES = 576  # channels out of the last features block
 N_CLASSES = 2  # NORMAL, PNEUMONIA (helpers.config.CLASSES)
 
@@ -106,41 +106,44 @@ def load_imagenet_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
 class PneumoniaNet(nn.Module):
     """MobileNetV3-Small ``features`` + pooling/dropout/linear head, returning logits (B, 2).
 
+    This is the model notebook 03 builds by hand from torchvision, as a class the command line
+    and the tests can construct (a test proves the two have the same parameters).
+
     Attributes:
-        features: the 13 torchvision blocks; the last :data:`N_TRAINABLE_BLOCKS` train.
+        features: the 13 torchvision blocks; the last ``trainable_blocks`` train.
         head: ``AdaptiveAvgPool2d(1), Flatten, Dropout, Linear(576, 2)``.
-        frozen: whether ``features[:-2]`` is frozen (True with ImageNet weights).
+        frozen: whether ``features[:n_frozen]`` is frozen (True with ImageNet weights).
+        n_frozen: how many leading blocks are frozen when ``frozen``.
         weights_used: ``"imagenet"`` or ``"none"`` (random initialisation).
-        no_grad_prefix: run the frozen prefix under ``torch.no_grad()`` (default True); see
-            :meth:`frozen_features`. Only a benchmark has a reason to turn it off.
     """
 
-    def __init__(self, dropout: float = 0.5, frozen: bool = True) -> None:
+    def __init__(
+        self, dropout: float = 0.5, frozen: bool = True, trainable_blocks: int = TRAINABLE_BLOCKS
+    ) -> None:
         """Build a randomly initialised network; :func:`build_model` loads weights into it."""
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.features = torchvision.models.mobilenet_v3_small(weights=None).features
+        if not 1 <= trainable_blocks <= len(self.features):
+            raise ValueError(
+                f"trainable_blocks must be in [1, {len(self.features)}], got {trainable_blocks}"
+            )
         linear = nn.Linear(N_FEATURES, N_CLASSES)
         nn.init.xavier_normal_(linear.weight)  # as the article
         nn.init.zeros_(linear.bias)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), linear
         )
-        self.n_frozen = len(self.features) - N_TRAINABLE_BLOCKS
+        self.n_frozen = len(self.features) - trainable_blocks
         self.weights_used = "none"
-        self.no_grad_prefix = True
-        self.fuse_frozen_bn = True
-        object.__setattr__(self, "_fused", None)
         self.frozen = False
         self.set_frozen(frozen)
 
     def set_frozen(self, frozen: bool) -> None:
-        """Freeze (or unfreeze) ``features[:-2]``: ``requires_grad`` and BatchNorm mode."""
+        """Freeze (or unfreeze) ``features[:n_frozen]``: ``requires_grad`` and BatchNorm mode."""
         self.frozen = bool(frozen)
-        object.__setattr__(self, "_fused", None)
-        for param in self.features[: self.n_frozen].parameters():
-            param.requires_grad_(not self.frozen)
+        self.features[: self.n_frozen].requires_grad_(not self.frozen)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> PneumoniaNet:
@@ -156,79 +159,14 @@ class PneumoniaNet(nn.Module):
             self.features[: self.n_frozen].eval()
         return self
 
-    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Run ``features[:-2]``: (B, 3, S, S) -> (B, 96, S/32, S/32).
-
-        When frozen, these layers run under ``torch.no_grad()`` (their parameters need no
-        gradients), unless ``x`` itself requires grad (e.g. an input-saliency map). This
-        states the intent rather than buys speed: parameters with ``requires_grad=False`` fed
-        an input that needs no grad already record no graph, and on 2 CPU threads (batch 32,
-        256x256, forward+backward+AdamW) training ran at the same speed with and without it
-        (ratio 0.95-1.03, within noise). What does save time is ``requires_grad=False``
-        itself: letting the prefix compute gradients that are then ignored was ~2.2x slower.
-        When frozen, the prefix also runs with each BatchNorm folded into the convolution
-        before it (:meth:`fused_prefix`): the same function with fewer operations.
-        """
-        if not self.frozen:
-            return self.features[: self.n_frozen](x)
-        prefix = self.fused_prefix() if self.fuse_frozen_bn else self.features[: self.n_frozen]
-        if self.no_grad_prefix and not x.requires_grad:
-            with torch.no_grad():
-                return prefix(x)
-        return prefix(x)
-
-    def fused_prefix(self) -> nn.Sequential:
-        """The frozen prefix with every Conv2d+BatchNorm2d pair folded into one Conv2d.
-
-        In eval mode a BatchNorm is a fixed per-channel scale and shift, which can be
-        absorbed into the preceding convolution's weights and bias. The frozen prefix never
-        leaves eval mode, so this is exact up to float rounding. The copy is built lazily,
-        kept out of ``state_dict`` and the parameter counts (the model's own layers are
-        unchanged), and dropped by ``load_state_dict``, ``to()`` and ``set_frozen``.
-        """
-        if self._fused is None:
-            fused = copy.deepcopy(self.features[: self.n_frozen]).eval()
-            _fold_batchnorm(fused)
-            for param in fused.parameters():
-                param.requires_grad_(False)
-            object.__setattr__(self, "_fused", fused)  # not a registered submodule
-        return self._fused
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        """Moving or converting the model (``.to()``, ``.cuda()``, ...) drops the fused copy."""
-        object.__setattr__(self, "_fused", None)
-        return super()._apply(fn, recurse)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        """Load weights as usual, then drop the fused copy (it is rebuilt from them)."""
-        object.__setattr__(self, "_fused", None)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def trainable_forward(self, f: torch.Tensor) -> torch.Tensor:
-        """Run ``features[-2:]`` and the head on frozen features: -> logits (B, 2)."""
-        return self.head(self.features[self.n_frozen :](f))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 2) for normalised images (B, 3, S, S); S divisible by 32."""
-        return self.trainable_forward(self.frozen_features(x))
+        return self.head(self.features(x))
 
 
-def _fold_batchnorm(module: nn.Module) -> None:
-    """Replace, in place, each BatchNorm2d that directly follows a Conv2d inside a Sequential
-    by Identity, folding its eval-mode scale and shift into that convolution."""
-    for child in module.children():
-        _fold_batchnorm(child)
-    if not isinstance(module, nn.Sequential):
-        return
-    names = list(module._modules)
-    for first, second in zip(names, names[1:], strict=False):
-        conv, bn = module._modules[first], module._modules[second]
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            module._modules[first] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
-            module._modules[second] = nn.Identity()
-
-
-def build_model(pretrained: str = "auto", dropout: float = 0.5) -> PneumoniaNet:
+def build_model(
+    pretrained: str = "auto", dropout: float = 0.5, trainable_blocks: int = TRAINABLE_BLOCKS
+) -> PneumoniaNet:
     """Build the article's network with ``pretrained`` in ``{"imagenet", "none", "auto"}``.
 
     * ``"imagenet"``: ImageNet features (see :func:`load_imagenet_state_dict`), prefix frozen;
@@ -242,7 +180,7 @@ def build_model(pretrained: str = "auto", dropout: float = 0.5) -> PneumoniaNet:
     if pretrained not in PRETRAINED_CHOICES:
         raise ValueError(f"pretrained must be one of {PRETRAINED_CHOICES}, got {pretrained!r}")
     if pretrained == "none":
-        return PneumoniaNet(dropout=dropout, frozen=False)
+        return PneumoniaNet(dropout=dropout, frozen=False, trainable_blocks=trainable_blocks)
     try:
         state = load_imagenet_state_dict()
     except WeightsUnavailableError as err:
@@ -251,8 +189,8 @@ def build_model(pretrained: str = "auto", dropout: float = 0.5) -> PneumoniaNet:
         message = f"ImageNet weights unavailable, training from scratch instead: {err}"
         print(f"WARNING: {message}")
         warnings.warn(message, stacklevel=2)
-        return PneumoniaNet(dropout=dropout, frozen=False)
-    model = PneumoniaNet(dropout=dropout, frozen=True)
+        return PneumoniaNet(dropout=dropout, frozen=False, trainable_blocks=trainable_blocks)
+    model = PneumoniaNet(dropout=dropout, frozen=True, trainable_blocks=trainable_blocks)
     prefix = "features."
     features_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     try:
@@ -309,16 +247,74 @@ def model_summary(model: PneumoniaNet | None = None, image_size: int = 256, dept
         )
     else:
         header = f"PneumoniaNet, weights={model.weights_used}, frozen={model.frozen}"
-    fuse, model.fuse_frozen_bn = model.fuse_frozen_bn, False  # torchinfo sees the real layers
-    try:
-        stats = torchinfo.summary(
-            model,
-            input_size=(1, 3, image_size, image_size),
-            verbose=0,
-            col_names=("output_size", "num_params", "trainable"),
-            depth=depth,
-            device="cpu",
-        )
-    finally:
-        model.fuse_frozen_bn = fuse
+    stats = torchinfo.summary(
+        model,
+        input_size=(1, 3, image_size, image_size),
+        verbose=0,
+        col_names=("output_size", "num_params", "trainable"),
+        depth=depth,
+        device="cpu",
+    )
     return f"{header}, input 1x3x{image_size}x{image_size}\n{stats}"
+
+
+def count_mult_adds(model: nn.Module, image_size: int = 256) -> int:
+    """Multiply-adds of one forward pass of one image, counted layer by layer.
+
+    Every ``Conv2d`` costs ``output elements x (input channels / groups) x kernel area`` and
+    every ``Linear`` ``in x out``; nothing else is counted (BatchNorm, activations and
+    pooling are cheap). An independent check of torchinfo's "Total mult-adds".
+    """
+    total = 0
+
+    def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * (module.in_channels // module.groups) * kernel
+        elif isinstance(module, nn.Linear):
+            total += (
+                output.numel() // module.out_features * module.in_features * module.out_features
+            )
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return total
+
+
+def architecture_table(image_size: int = 256) -> pd.DataFrame:
+    """MobileNetV3-Small as in Table 2 of Howard et al. (2019), the article's Fig. 5, read from
+    torchvision's own block configuration (so it is the network we actually use).
+
+    One row per ``features`` block: input size, operator, expansion size, output channels,
+    squeeze-and-excitation, non-linearity (HS = hard-swish, RE = ReLU) and stride. The head
+    that replaces ImageNet's classifier is not listed.
+    """
+    from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
+
+    blocks, _ = _mobilenet_v3_conf("mobilenet_v3_small")
+    rows = [{"input": f"{image_size}² x 3", "operator": "conv2d 3x3", "exp size": "-",
+             "out": blocks[0].input_channels, "SE": "", "NL": "HS", "stride": 2}]  # fmt: skip
+    side = image_size // 2
+    for b in blocks:
+        rows.append({
+            "input": f"{side}² x {b.input_channels}", "operator": f"bneck {b.kernel}x{b.kernel}",
+            "exp size": b.expanded_channels, "out": b.out_channels, "SE": "✓" if b.use_se else "",
+            "NL": "HS" if b.use_hs else "RE", "stride": b.stride,
+        })  # fmt: skip
+        side //= b.stride
+    last = blocks[-1].out_channels
+    rows.append({"input": f"{side}² x {last}", "operator": "conv2d 1x1", "exp size": "-",
+                 "out": 6 * last, "SE": "", "NL": "HS", "stride": 1})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.index.name = "features[i]"
+    return table

@@ -1,15 +1,15 @@
-"""The notebook series: what each notebook prints first, and running all of them in order.
+"""The notebook series: what every notebook prints first, the run notebooks 05 and 06 need,
+keeping outputs between sessions, and running all notebooks in order.
 
-Two halves, for two audiences:
+Two audiences:
 
-* :func:`show_setup` and :func:`uses_demo_data` are called *inside* the notebooks, so that every
-  notebook opens with the same short report of which data, which recipe and where outputs go,
-  without copying that code from notebook to notebook.
-* :func:`run_notebooks` (``python -m helpers run-notebooks``) executes ``01``-``05`` top to
-  bottom with ``nbclient``, keeps executed copies *with* their outputs under
-  ``outputs/notebooks`` and stops at the first failing cell with an error naming it. The
-  notebooks in ``notebooks/`` stay clean (no outputs): git only ever sees the teaching text
-  and code.
+* called *inside* the notebooks: :func:`show_setup` (which data, which recipe, where outputs
+  go), :func:`keep_outputs` (Google Drive on Colab, ``/kaggle/working`` on Kaggle) and
+  :func:`trained_run` (the run of notebook 04, or one trained on the spot, saying so), so
+  that no notebook copies that code from another;
+* :func:`run_notebooks` (``python -m helpers run-notebooks``) executes them top to bottom
+  with ``nbclient``, keeps executed copies *with* their outputs under ``outputs/notebooks``
+  and stops at the first failing cell with an error naming it.
 
 ``nbclient`` and ``nbformat`` are development dependencies, imported only by
 :func:`run_notebooks`, so the notebooks themselves (on Colab or Kaggle) do not need them.
@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from helpers.config import Config, outputs_dir, project_root
-from helpers.data import DatasetLocation, find_dataset, is_demo_folder
 from helpers.files import atomic_write_text
+from helpers.runs import notebook_run_dir
+from helpers.sources import DatasetLocation, find_dataset
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_dataset_eda.ipynb",
@@ -34,11 +35,18 @@ NOTEBOOKS: tuple[str, ...] = (
     "03_model.ipynb",
     "04_training.ipynb",
     "05_evaluation.ipynb",
+    "06_use_your_model.ipynb",
 )
-"""The series, in the order it must run (04 trains the run that 05 evaluates)."""
+"""The series, in reading order (04 trains the run that 05 and 06 use)."""
 
 CELL_TIMEOUT_S = 1800
 """Per-cell limit for :func:`run_notebooks`: generous, the full recipe trains in one cell."""
+
+DRIVE_FOLDER = "/content/drive/MyDrive/pneumonia-tutorial"
+"""Where :func:`keep_outputs` keeps outputs on Colab."""
+
+KAGGLE_WORKING = "/kaggle/working/pneumonia-tutorial"
+"""Where :func:`keep_outputs` keeps outputs on Kaggle (saved with the notebook's version)."""
 
 
 class NotebookError(RuntimeError):
@@ -48,15 +56,6 @@ class NotebookError(RuntimeError):
 # --- inside the notebooks -----------------------------------------------------------------
 
 
-def uses_demo_data(location: DatasetLocation) -> bool:
-    """True when ``location`` is the synthetic demo dataset, however it was found.
-
-    A thin wrapper kept for the notebooks' readability: ``find_dataset`` flags its own demo
-    fallback and any folder carrying the demo generator's marker (:func:`is_demo_folder`).
-    """
-    return location.is_demo or is_demo_folder(location.root)
-
-
 def show_setup(config: Config, location: DatasetLocation) -> None:
     """Print the few facts a reader needs before trusting any output of a notebook.
 
@@ -64,18 +63,70 @@ def show_setup(config: Config, location: DatasetLocation) -> None:
     its image size and epochs, and where caches, runs and figures are written.
     """
     print(f"data:    {location.root}  (found via: {location.source})")
-    if uses_demo_data(location):
+    if location.is_demo:
         print(
             "*** SYNTHETIC DEMO DATA: drawn images, not X-rays. Everything below runs, but no "
             "number or figure from it says anything about pneumonia. See data/README.md for the "
             "real dataset. ***"
         )
-    mode = (
-        "QUICK (PNEUMONIA_QUICK=1: small images, few epochs, a subset)" if config.quick else "full"
-    )
+    mode = "QUICK (small images, few epochs, a subset)" if config.quick else "full"
     size = f"{config.image_size}x{config.image_size}"
     print(f"recipe:  {mode}; images {size}, up to {config.epochs} epochs, seed {config.seed}")
     print(f"outputs: {outputs_dir()}")
+
+
+def keep_outputs() -> Path:
+    """Keep caches, runs and figures where the next session finds them; return the folder.
+
+    Colab gives every notebook a fresh machine, so a run trained in notebook 04 is gone when
+    notebook 05 opens. On Colab this mounts Google Drive (it asks for permission) and points
+    ``PNEUMONIA_OUTPUTS`` at ``MyDrive/pneumonia-tutorial``; on Kaggle it points it at
+    ``/kaggle/working`` (kept when you save a version; attach that output to the next
+    notebook as an input to reuse it). Elsewhere the outputs folder already persists.
+    """
+    if os.path.isdir("/content"):
+        from google.colab import drive  # only exists on Colab
+
+        drive.mount("/content/drive")
+        folder = Path(DRIVE_FOLDER)
+    elif "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+        folder = Path(KAGGLE_WORKING)
+    else:
+        print(f"outputs already persist on this machine: {outputs_dir()}")
+        return outputs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PNEUMONIA_OUTPUTS"] = str(folder)
+    print(f"outputs now go to {folder}")
+    return folder
+
+
+def trained_run(config: Config, location: DatasetLocation) -> Path:
+    """The run folder notebook 04 trained; if there is none, train one now and say so.
+
+    On a GPU the one trained is ``config``'s recipe (the full one unless ``config.quick``).
+    On a CPU a full run would take hours, so unless ``config`` is already quick a clearly
+    labelled quick run at 128 px is trained instead (a few minutes; 128 px rather than quick
+    mode's 64 so that Grad-CAM maps have 4x4 cells, not 2x2).
+    """
+    import torch
+
+    from helpers.train import train
+
+    run_dir = notebook_run_dir()
+    if (run_dir / "best.pt").is_file():
+        print(f"using the run trained in notebook 04: {run_dir}")
+        return run_dir
+    recipe = config
+    if not (config.quick or torch.cuda.is_available()):
+        recipe = config.quick_mode().replace(image_size=128)
+    kind = "the QUICK recipe" if recipe.quick else "the full recipe"
+    print(
+        f"no trained run in {run_dir} (notebook 04 has not run on this machine, or its outputs "
+        f"were not kept): training {kind} now, {recipe.image_size} px, up to {recipe.epochs} "
+        "epochs. Its numbers are those of this short run, not the article's."
+    )
+    train(recipe, run_dir, location.root)
+    return run_dir
 
 
 # --- running the series -------------------------------------------------------------------
@@ -84,29 +135,6 @@ def show_setup(config: Config, location: DatasetLocation) -> None:
 def notebooks_dir() -> Path:
     """The ``notebooks/`` folder of the checkout."""
     return project_root() / "notebooks"
-
-
-@contextmanager
-def _environment(changes: dict[str, str | None]) -> Iterator[None]:
-    """Set (value) or remove (``None``) environment variables, restoring them afterwards.
-
-    The kernels ``nbclient`` starts inherit ``os.environ``, so this is how settings reach
-    the notebooks.
-    """
-    saved = {name: os.environ.get(name) for name in changes}
-    try:
-        for name, value in changes.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _write_notebook_atomic(nb: Any, path: Path) -> None:
@@ -172,7 +200,7 @@ def run_notebooks(
     """Execute the notebooks in order; return the folder holding the executed copies.
 
     * ``quick``: ``PNEUMONIA_QUICK=1`` for the kernels (small images, few epochs); when
-      False the variable is removed, so the full recipe runs whatever the shell says.
+      False it is ``0``, so the full recipe runs whatever the shell says.
     * ``data``: the dataset folder. The dataset is located once, here (``data``, else the
       usual search of :func:`helpers.data.find_dataset`, demo fallback included), and passed
       to every kernel as ``PNEUMONIA_DATA_DIR``, so all notebooks use the same images.
@@ -194,15 +222,16 @@ def run_notebooks(
     if missing:
         raise FileNotFoundError(f"{folder}: no notebook named {', '.join(missing)}")
     location = find_dataset(data)
-    demo = uses_demo_data(location)
-    changes: dict[str, str | None] = {
-        "PNEUMONIA_QUICK": "1" if quick else None,
+    demo = location.is_demo
+    settings = {
+        "PNEUMONIA_QUICK": "1" if quick else "0",
         "PNEUMONIA_DATA_DIR": str(Path(location.root).expanduser().resolve()),
-        # Let the kernel use its inline backend, so executed copies keep their figures.
-        "MPLBACKEND": None,
     }
     print(f"data: {location.root}" + ("  (SYNTHETIC DEMO DATA, not X-rays)" if demo else ""))
-    with _environment(changes):
+    # The kernels nbclient starts inherit os.environ; patch.dict restores it afterwards. The
+    # kernel keeps its own inline matplotlib backend, so executed copies keep their figures.
+    with mock.patch.dict(os.environ, settings):
+        os.environ.pop("MPLBACKEND", None)
         for name in names:
             print(f"running {name} ...", flush=True)
             seconds = _execute(folder / name, out / name, timeout)

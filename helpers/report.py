@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_curve
 
 from helpers.config import CLASSES
 from helpers.data import scan
-from helpers.evaluate import roc_points
 from helpers.files import atomic_write_text
 from helpers.plots import (
     plot_class_balance,
@@ -28,8 +28,8 @@ from helpers.plots import (
     plot_roc,
     plot_size_histograms,
 )
-from helpers.preprocess import load_gray
-from helpers.train import read_history
+from helpers.images import load_gray
+from helpers.runs import read_history
 
 
 def _samples(images: pd.DataFrame, per_class: int, size: int, seed: int) -> tuple[list, list]:
@@ -83,7 +83,7 @@ def make_figures(
     predictions = pd.read_csv(run_dir / f"predictions-{split}.csv")
     plot_confusion_pair(np.asarray(metrics["confusion_matrix"]), save=out / "confusion_matrix.png")
     y, p = predictions["target"].to_numpy(), predictions["p_pneumonia"].to_numpy()
-    fpr, tpr, _ = roc_points(y, p)
+    fpr, tpr, _ = roc_curve(y, p)
     at_half = (1 - metrics["specificity"], metrics["sensitivity"])  # (fpr, tpr) at 0.5
     plot_roc(fpr, tpr, metrics["roc_auc"], {"threshold 0.5": at_half}, save=out / "roc.png")
     where = f"{metrics['n_images']} images of {metrics['data_root']} ({split} split)"

@@ -1,6 +1,8 @@
-"""The training engine: the article's schedule, run folders, checkpoints and resume.
+"""The training engine: the article's schedule, with early stopping, checkpoints and resume.
 
-One call, :func:`train`, does what the article's trainer did, with its bugs fixed:
+Notebook 04 writes one training epoch out in plain PyTorch; :func:`run_epoch` is that epoch
+(a test proves both give the same weights), plus mixed precision on a GPU. :func:`train`
+runs it for every epoch of the article's schedule, with the original notebook's bugs fixed:
 
 * the model is switched back to ``train()`` at the start of every epoch (the original
   called it once, so after the first validation it trained in eval mode);
@@ -8,20 +10,13 @@ One call, :func:`train`, does what the article's trainer did, with its bugs fixe
 * ``eta_min`` reaches the scheduler; the seed is used; F1 is computed over the whole epoch;
 * early stopping watches a patient-grouped validation split, not 16 images.
 
-A run folder holds ``config.json``, ``history.csv``, ``best.pt`` and ``last.pt``: the only
-things evaluation needs. Every file is written to a temporary name and renamed, so a run
-killed at any moment leaves the previous complete file, and ``resume=True`` carries on from
-``last.pt`` with the same result as an uninterrupted run.
+Everything it writes goes into a run folder (:mod:`helpers.runs`); ``resume=True`` carries on
+from ``last.pt`` with the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import math
-import platform
 import random
 import time
 from dataclasses import dataclass
@@ -31,123 +26,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import f1_score
 from torch import nn
 
-from helpers.config import CLASSES, Config, outputs_dir
-from helpers.data import DatasetLocation, ScanResult, class_weights, find_dataset, make_splits, scan
-from helpers.files import atomic_write_bytes, atomic_write_text
+from helpers.config import CLASSES, Config
+from helpers.data import class_weights
+from helpers.fold import with_folded_prefix
+from helpers.loader import BatchLoader, PreparedData, prepare_data
 from helpers.model import PneumoniaNet, build_model, parameter_groups
-from helpers.preprocess import BatchLoader, ImageCache, build_cache
+from helpers.runs import (
+    HISTORY_COLUMNS,
+    RunError,
+    check_compatible,
+    load_checkpoint,
+    model_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    write_history,
+    write_run_config,
+)
 
-CHECKPOINT_FORMAT = 1
-ARCH = "mobilenet_v3_small/pneumonianet"
-HISTORY_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "train_f1",
-    "val_loss",
-    "val_acc",
-    "val_f1",
-    "lr_head",
-    "lr_backbone",
-    "seconds",
-]
-
-
-class RunError(RuntimeError):
-    """A run folder or checkpoint that cannot be used; the message says which and why."""
-
-
-# --- checkpoints ---------------------------------------------------------------------------
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Save a checkpoint (tensors and plain values only) atomically."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: no code runs from the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise RunError(f"{path}: not a readable checkpoint ({err})") from err
-    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path}: not a checkpoint of this project (format {CHECKPOINT_FORMAT})")
-    if state.get("arch") != ARCH:
-        raise RunError(f"{path}: made for architecture {state.get('arch')!r}, expected {ARCH!r}")
-    return state
-
-
-def load_model_from_run(
-    run: str | Path, checkpoint: str = "best.pt", device: str | torch.device = "cpu"
-) -> tuple[PneumoniaNet, Config, dict[str, Any]]:
-    """The trained model of a run folder, in eval mode, with its config and checkpoint."""
-    state = load_checkpoint(Path(run) / checkpoint, map_location=device)
-    config = Config.from_dict(state["config"])
-    model = PneumoniaNet(dropout=config.dropout, frozen=state["frozen"])
-    model.weights_used = state["weights_used"]
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as err:
-        raise RunError(
-            f"{Path(run) / checkpoint}: weights do not fit PneumoniaNet ({err})"
-        ) from err
-    return model.to(device).eval(), config, state
-
-
-# --- data ---------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedData:
-    """Everything training needs from the data layer: where, what, which split, the cache."""
-
-    location: DatasetLocation
-    scanned: ScanResult
-    splits: dict[str, pd.DataFrame]
-    cache: ImageCache
-
-    def rows(self, split: str) -> tuple[list[int], list[int]]:
-        """Cache indices and targets of one split, leaving out images that failed to decode."""
-        table = self.splits[split]
-        indices = [self.cache.index_of(p) for p in table["path"]]
-        keep = [i for i, idx in enumerate(indices) if self.cache.ok[idx]]
-        return [indices[i] for i in keep], [int(table["target"].iloc[i]) for i in keep]
-
-    def fingerprint(self) -> str:
-        """A short hash of the file list and split, recorded in ``config.json``."""
-        h = hashlib.sha1()
-        for split in ("train", "val", "test"):
-            for path in self.splits[split]["path"]:
-                h.update(f"{split}:{path}\n".encode())
-        return h.hexdigest()[:16]
-
-
-def prepare_data(
-    config: Config, data_dir: str | Path | None = None, progress: bool = True
-) -> PreparedData:
-    """Find, scan, split and cache the dataset for ``config`` (cache reused when valid)."""
-    location = find_dataset(data_dir)
-    scanned = scan(location.root)
-    if len(scanned.problems):
-        print(f"skipping {len(scanned.problems)} unusable files (see `python -m helpers scan`)")
-    splits = make_splits(scanned.images, config)
-    paths = pd.concat([splits[s]["path"] for s in ("train", "val", "test")]).tolist()
-    cache = build_cache(
-        paths, config.image_size, outputs_dir() / "cache", progress=progress,
-        intensity=config.intensity,
-    )  # fmt: skip
-    return PreparedData(location, scanned, splits, cache)
-
-
-# --- the engine ---------------------------------------------------------------------------
+# --- the pieces of the recipe ---------------------------------------------------------------
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -169,9 +69,8 @@ def use_scratch_batchnorm(model: nn.Module, momentum: float = 0.1) -> None:
 
     torchvision's MobileNetV3 uses momentum 0.01, right for ImageNet weights whose
     statistics are already settled. From random initialisation the weights move fast and
-    such slow running averages lag behind, so evaluation-mode predictions are poor for many
-    epochs (measured on the demo data: validation stuck at the majority class for 6 epochs
-    with 0.01, 0.84 accuracy with 0.1). PyTorch's default 0.1 fixes that.
+    such slow running averages lag behind, so evaluation-mode predictions stay poor for many
+    epochs. PyTorch's default 0.1 keeps up.
     """
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -181,25 +80,94 @@ def use_scratch_batchnorm(model: nn.Module, momentum: float = 0.1) -> None:
 def to_channels_last(model: nn.Module, device: torch.device) -> nn.Module:
     """The model in ``channels_last`` memory format on CUDA and on CPU (other devices: as is).
 
-    On CUDA it suits tensor cores. On CPU it pays too: training epochs 1.35x faster at
-    256 px, batch 64, one thread (``python -m helpers bench train --compare contiguous`` on
-    a 2-core Xeon, see ``benchmarks/README.md``), and a training step 1.33x faster at
-    64 px. Inputs can stay contiguous: the first convolution switches the format.
+    Faster on both (tensor cores on CUDA; measured on CPU, see ``benchmarks/README.md``).
+    Inputs can stay contiguous: the first convolution switches the format.
     """
     if device.type in ("cuda", "cpu"):
         return model.to(memory_format=torch.channels_last)
     return model
 
 
-def _weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Support-weighted F1 over the whole epoch (the original averaged it over batches)."""
-    from sklearn.metrics import f1_score
+def weighted_loss(weights: dict[str, float], config: Config, device: torch.device) -> nn.Module:
+    """The article's class-weighted cross-entropy (``weights`` from :func:`class_weights`)."""
+    return nn.CrossEntropyLoss(
+        weight=torch.tensor([weights[c] for c in CLASSES], device=device),
+        label_smoothing=config.label_smoothing,
+    )
 
-    return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+
+def make_optimizer(
+    model: PneumoniaNet, config: Config
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the two parameter groups, and cosine annealing with warm restarts."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config),
+        betas=config.betas,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=config.t_0, T_mult=config.t_mult, eta_min=config.eta_min
+    )
+    return optimizer, scheduler
+
+
+def make_ema(model: nn.Module, config: Config) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (``config.ema_decay`` per step), or None.
+
+    Parameters and BatchNorm statistics alike are averaged (``use_buffers=True``).
+    """
+    if config.ema_decay <= 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model,
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+        use_buffers=True,
+    )
+
+
+class EarlyStopping:
+    """Stop when the validation loss has not improved for ``patience`` epochs in a row."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def step(self, val_loss: float, epoch: int) -> bool:
+        """Record epoch ``epoch``'s validation loss; True when it is the best so far."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``patience`` epochs have passed without improvement."""
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_val_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss = state["best_val_loss"]
+        self.best_epoch = state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+
+
+# --- one epoch --------------------------------------------------------------------------------
 
 
 @dataclass
 class EpochResult:
+    """Per-image mean loss, accuracy and support-weighted F1 over one pass."""
+
     loss: float
     acc: float
     f1: float
@@ -214,20 +182,21 @@ def run_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
     progress: Any = None,
-    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    after_step: Any = None,
 ) -> EpochResult:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
 
-    ``grad_clip=None`` trains without clipping; ``ema``, when given, is updated after every
-    optimiser step.
-
-    Loss is averaged per image (the weighted loss's own normalisation per batch, weighted
-    by batch size); accuracy and F1 are computed over all of the epoch's predictions.
+    Training: ``model.train()``, then per batch forward, loss, ``zero_grad``, backward, clip
+    (``grad_clip=None``: no clipping), step, then ``after_step()`` (the engine updates its
+    weight average there). Evaluation: ``model.eval()`` under ``torch.no_grad()``. On CUDA
+    the forward pass runs in mixed precision (bfloat16 where supported, else float16 with
+    the ``scaler``). Loss is averaged per image; accuracy and F1 over all predictions.
     """
     training = optimizer is not None
     model.train(training)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaling = scaler is not None and scaler.is_enabled()
     total_loss, seen = 0.0, 0
     targets, predictions = [], []
     params = [p for p in model.parameters() if p.requires_grad]
@@ -239,20 +208,18 @@ def run_epoch(
                 loss = criterion(logits.float(), y)
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None and scaler.is_enabled():
-                    scaler.scale(loss).backward()
+                (scaler.scale(loss) if scaling else loss).backward()
+                if scaling:
                     scaler.unscale_(optimizer)
-                    if grad_clip is not None:
-                        nn.utils.clip_grad_norm_(params, grad_clip)
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, grad_clip)
+                if scaling:
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
-                    if grad_clip is not None:
-                        nn.utils.clip_grad_norm_(params, grad_clip)
                     optimizer.step()
-                if ema is not None:
-                    ema.update_parameters(model)
+                if after_step is not None:
+                    after_step()
             total_loss += float(loss.detach()) * len(y)
             seen += len(y)
             targets.append(y.cpu())
@@ -261,28 +228,11 @@ def run_epoch(
                 progress.update(1)
     y_true = torch.cat(targets).numpy()
     y_pred = torch.cat(predictions).numpy()
-    return EpochResult(
-        total_loss / seen, float((y_true == y_pred).mean()), _weighted_f1(y_true, y_pred)
-    )
+    f1 = float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    return EpochResult(total_loss / seen, float((y_true == y_pred).mean()), f1)
 
 
-def _library_versions() -> dict[str, str]:
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
+# --- the run ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -309,204 +259,197 @@ def train(
     prepared: PreparedData | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train PneumoniaNet with the article's recipe and write a run folder.
+    """Train PneumoniaNet with ``config``'s recipe and write a run folder.
 
     ``resume=True`` continues from ``run_dir/last.pt`` (model, optimiser, scheduler, scaler,
-    early-stopping state, RNG states, history). ``stop_after`` ends the call after that many
-    epochs in total, as an interruption would (used to test resuming).
+    weight average, early-stopping state, random generators, history). ``stop_after`` ends
+    the call after that many epochs in total, as an interruption would (used to test resuming).
     """
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     data = prepared or prepare_data(config, data_dir, progress=progress)
-    train_idx, train_y = data.rows("train")
-    val_idx, val_y = data.rows("val")
-    if not train_idx or not val_idx:
+    train_loader, val_loader = data.loader("train", config, dev), data.loader("val", config, dev)
+    if not len(train_loader) or not len(val_loader):
         raise RunError(f"{data.location.root}: no training or validation images to train on")
+    weights = class_weights(train_loader.targets.tolist())  # refuses a split missing a class
+    criterion = weighted_loss(weights, config, dev)
 
-    weights = class_weights(train_y)  # refuses a training split missing a class, early
     seed_everything(config.seed)
-    model = build_model(config.pretrained, dropout=config.dropout).to(dev)
+    model = build_model(config.pretrained, config.dropout, config.trainable_blocks).to(dev)
     if not model.frozen:
         use_scratch_batchnorm(model)
     model = to_channels_last(model, dev)
-    criterion = nn.CrossEntropyLoss(
-        weight=torch.tensor([weights[c] for c in CLASSES], device=dev),
-        label_smoothing=config.label_smoothing,
-    )
-    groups = parameter_groups(model, config)
-    optimizer = torch.optim.AdamW(
-        groups, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=config.t_0, T_mult=config.t_mult, eta_min=config.eta_min
-    )
+    optimizer, scheduler = make_optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
-    ema = None
-    if config.ema_decay > 0:  # averages parameters and BatchNorm statistics alike
-        ema = torch.optim.swa_utils.AveragedModel(
-            model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
-            use_buffers=True,
-        )
-    kept = model if ema is None else ema.module  # the weights validated, saved and tested
-    train_loader = BatchLoader(
-        data.cache, train_idx, train_y, config.batch_size, shuffle=True, augment=True,
-        policy=config.augment, seed=config.seed, device=dev,
-    )  # fmt: skip
-    val_loader = BatchLoader(
-        data.cache, val_idx, val_y, config.eval_batch_size, shuffle=False, augment=False,
-        seed=config.seed, device=dev,
-    )  # fmt: skip
-
+    ema = make_ema(model, config)
+    stopper = EarlyStopping(config.patience)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     history: list[dict[str, Any]] = []
-    best_loss, best_epoch, bad_epochs, start_epoch = math.inf, 0, 0, 0
     if resume and (run_dir / "last.pt").is_file():
-        state = load_checkpoint(run_dir / "last.pt", map_location=dev)
-        _check_compatible(state, config, run_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["torch_rng"])
-        history = pd.read_csv(run_dir / "history.csv").to_dict(orient="records")[: state["epoch"]]
-        best_loss, best_epoch, bad_epochs = (
-            state["best_val_loss"],
-            state["best_epoch"],
-            state["bad_epochs"],
-        )
-        start_epoch = state["epoch"]
-        print(f"resuming {run_dir} after epoch {start_epoch}")
+        history = _restore(run_dir, config, dev, parts, ema, stopper)
+    _write_config(run_dir, config, model, dev, data, weights)
 
-    run_config = {
-        "config": config.to_dict(),
-        "weights_used": model.weights_used,
-        "frozen": model.frozen,
-        "device": str(dev),
-        "data": {
-            "root": str(data.location.root),
-            "source": data.location.source,
-            "is_demo": data.location.is_demo,
-            "fingerprint": data.fingerprint(),
-            "counts": {s: int(len(data.splits[s])) for s in ("train", "val", "test")},
-            "skipped_files": int(len(data.scanned.problems)),
-            "class_weights": weights,
-        },
-        "versions": _library_versions(),
-    }
-    atomic_write_text(run_dir / "config.json", json.dumps(run_config, indent=2))
-
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        return {
-            "format_version": CHECKPOINT_FORMAT,
-            "arch": ARCH,
-            "config": config.to_dict(),
-            "image_size": config.image_size,
-            "weights_used": model.weights_used,
-            "frozen": model.frozen,
-            "epoch": epoch,
-            "model": kept.state_dict(),
-        }
-
-    stopped_early = False
+    fast = with_folded_prefix(model)  # the same function, faster when a prefix is frozen
+    kept = model if ema is None else ema.module  # the weights validated, saved and tested
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    steps = len(train_loader) + len(val_loader)
-    for epoch in range(start_epoch, last_epoch):
-        if bad_epochs >= config.patience:  # a resumed run that had already stopped
-            stopped_early = True
+    for epoch in range(len(history), last_epoch):
+        if stopper.should_stop:  # a resumed run that had already stopped
             break
         started = time.perf_counter()
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         train_loader.set_epoch(epoch)
-        bar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            leave=False,
-            disable=not progress,
-        )
+        bar = _progress_bar(epoch, config, len(train_loader) + len(val_loader), progress)
+        update = None if ema is None else (lambda: ema.update_parameters(model))
         fit = run_epoch(
-            model, train_loader, criterion, dev, optimizer, scaler, config.grad_clip, bar, ema
+            fast, train_loader, criterion, dev, optimizer, scaler, config.grad_clip, bar, update
         )
-        val = run_epoch(kept, val_loader, criterion, dev, progress=bar)
+        val = run_epoch(fast if ema is None else kept, val_loader, criterion, dev, progress=bar)
         bar.close()
         scheduler.step()
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": fit.loss,
-            "train_acc": fit.acc,
-            "train_f1": fit.f1,
-            "val_loss": val.loss,
-            "val_acc": val.acc,
-            "val_f1": val.f1,
-            "lr_head": lrs.get("head"),
-            "lr_backbone": lrs.get("backbone"),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        history.append(row)
-        improved = val.loss < best_loss
+        history.append(_history_row(epoch + 1, fit, val, lrs, time.perf_counter() - started))
+        improved = stopper.step(val.loss, epoch + 1)
         if improved:
-            best_loss, best_epoch, bad_epochs = val.loss, epoch + 1, 0
-            save_checkpoint(run_dir / "best.pt", checkpoint(epoch + 1))
-        else:
-            bad_epochs += 1
-        _write_history(run_dir / "history.csv", history)
-        last = checkpoint(epoch + 1)
-        last.update(
-            model=model.state_dict(),
-            ema=None if ema is None else ema.state_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(),
-            torch_rng=torch.get_rng_state(),
-            best_val_loss=best_loss,
-            best_epoch=best_epoch,
-            bad_epochs=bad_epochs,
-        )
-        save_checkpoint(run_dir / "last.pt", last)
+            save_checkpoint(run_dir / "best.pt", model_checkpoint(kept, config, epoch + 1))
+        write_history(run_dir / "history.csv", history)
+        _save_last(run_dir, config, epoch + 1, parts, ema, stopper)
         if progress:
-            mark = " *" if improved else ""
-            print(
-                f"epoch {epoch + 1:3d}  train loss {fit.loss:.4f} acc {fit.acc:.3f} f1 {fit.f1:.3f}  "
-                f"val loss {val.loss:.4f} acc {val.acc:.3f} f1 {val.f1:.3f}  "
-                f"lr {row['lr_head']:.2e}  {row['seconds']:.1f}s{mark}"
-            )
-        if bad_epochs >= config.patience:
-            stopped_early = True
-            if progress:
-                print(f"early stop: no better validation loss for {config.patience} epochs")
-            break
+            _print_epoch(history[-1], improved)
+        if stopper.should_stop and progress:
+            print(f"early stop: no better validation loss for {config.patience} epochs")
 
     best = load_checkpoint(run_dir / "best.pt", map_location=dev)
     model.load_state_dict(best["model"])
     model.eval()
+    frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     return TrainResult(
-        run_dir,
-        model,
-        pd.DataFrame(history, columns=HISTORY_COLUMNS),
-        best_epoch,
-        best_loss,
-        stopped_early,
-        data,
+        run_dir, model, frame, stopper.best_epoch, stopper.best_loss, stopper.should_stop, data
     )
 
 
-def _check_compatible(state: dict[str, Any], config: Config, path: Path) -> None:
-    """Refuse to resume a run made with a different recipe (the history would be meaningless)."""
-    saved = Config.from_dict(state["config"]).to_dict()
-    changed = [k for k, v in config.to_dict().items() if saved[k] != v]
-    if changed:
-        raise RunError(
-            f"{path}: made with a different config (changed: {', '.join(changed)}); use a new run folder"
-        )
+# --- how long a run takes -------------------------------------------------------------------
 
 
-def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """``history.csv`` of a run folder as a DataFrame."""
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        raise RunError(f"{path}: no history (has this run trained an epoch?)")
-    return pd.read_csv(path)
+CPU_TRAINING_RATES: dict[str, float] = {"frozen": 191.0, "scratch": 41.7}
+"""Training images/second at 256x256 on a 2-core CPU, as measured by ``bench train`` (the
+frozen ImageNet configuration, and the whole network from scratch; ``benchmarks/README.md``
+gives the machine and the command). Used only to tell a reader roughly how long a run takes."""
+
+
+def estimate_cpu_schedule(
+    n_train: int, n_val: int, frozen: bool, epochs: int, image_size: int = 256
+) -> dict[str, float]:
+    """Rough wall time of a full training run on a 2-core CPU, from the measured rates.
+
+    Seconds per epoch = training images / rate + validation images / (3 x rate) (evaluation
+    needs no backward pass), scaled by the pixel count relative to 256x256. Returns seconds
+    per epoch and hours for ``epochs`` epochs (the maximum; early stopping usually ends
+    sooner). GPU runs are not estimated: no GPU was measured.
+    """
+    rate = CPU_TRAINING_RATES["frozen" if frozen else "scratch"] * (256 / image_size) ** 2
+    per_epoch = n_train / rate + n_val / (3 * rate)
+    return {"seconds_per_epoch": per_epoch, "hours": per_epoch * epochs / 3600}
+
+
+# --- the run's bookkeeping ----------------------------------------------------------------------
+
+
+def _restore(
+    run_dir: Path,
+    config: Config,
+    device: torch.device,
+    parts: dict[str, Any],
+    ema: torch.optim.swa_utils.AveragedModel | None,
+    stopper: EarlyStopping,
+) -> list[dict[str, Any]]:
+    """Load ``last.pt`` into the training objects; return the history up to its epoch."""
+    path = run_dir / "last.pt"
+    state = load_checkpoint(path, map_location=device)
+    check_compatible(state, config, path)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    stopper.load_state_dict(state)
+    restore_rng_state(state)
+    print(f"resuming {run_dir} after epoch {state['epoch']}")
+    return pd.read_csv(run_dir / "history.csv").to_dict(orient="records")[: state["epoch"]]
+
+
+def _save_last(
+    run_dir: Path,
+    config: Config,
+    epoch: int,
+    parts: dict[str, Any],
+    ema: torch.optim.swa_utils.AveragedModel | None,
+    stopper: EarlyStopping,
+) -> None:
+    """Write ``last.pt``: everything :func:`_restore` needs to carry on after ``epoch``."""
+    state = model_checkpoint(parts["model"], config, epoch)
+    state.update({name: part.state_dict() for name, part in parts.items()})
+    state.update(ema=None if ema is None else ema.state_dict(), **stopper.state_dict())
+    state.update(rng_state())
+    save_checkpoint(run_dir / "last.pt", state)
+
+
+def _write_config(
+    run_dir: Path,
+    config: Config,
+    model: PneumoniaNet,
+    device: torch.device,
+    data: PreparedData,
+    weights: dict[str, float],
+) -> None:
+    """``config.json``: the recipe, the weights, the device and the data of this run."""
+    write_run_config(
+        run_dir,
+        {
+            "config": config.to_dict(),
+            "weights_used": model.weights_used,
+            "frozen": model.frozen,
+            "device": str(device),
+            "data": {
+                "root": str(data.location.root),
+                "source": data.location.source,
+                "is_demo": data.location.is_demo,
+                "fingerprint": data.fingerprint(),
+                "counts": {s: int(len(data.splits[s])) for s in ("train", "val", "test")},
+                "skipped_files": int(len(data.scanned.problems)),
+                "class_weights": weights,
+            },
+        },
+    )
+
+
+def _history_row(
+    epoch: int, fit: EpochResult, val: EpochResult, lrs: dict[str, float], seconds: float
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "train_loss": fit.loss,
+        "train_acc": fit.acc,
+        "train_f1": fit.f1,
+        "val_loss": val.loss,
+        "val_acc": val.acc,
+        "val_f1": val.f1,
+        "lr_head": lrs.get("head"),
+        "lr_backbone": lrs.get("backbone"),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _progress_bar(epoch: int, config: Config, steps: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not enabled
+    )
+
+
+def _print_epoch(row: dict[str, Any], improved: bool) -> None:
+    print(
+        f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} "
+        f"f1 {row['train_f1']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
+        f"f1 {row['val_f1']:.3f}  lr {row['lr_head']:.2e}  {row['seconds']:.1f}s"
+        + (" *" if improved else "")
+    )

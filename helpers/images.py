@@ -1,0 +1,207 @@
+"""Decoding one image file to a small grey square: the only place pixels are read from disk.
+
+Chest X-rays arrive as 8-bit JPEGs (grey or RGB), sometimes as 16-bit PNGs, sometimes as
+phone photos carrying an EXIF orientation. :func:`load_gray` turns any of them into one
+``uint8`` array of ``size x size``: EXIF orientation applied, converted to one grey channel,
+squashed to the square with bicubic resampling (aspect ratio not kept, as the article), and
+optionally intensity-normalised per image (:func:`normalize_intensity`). Every path of the
+project (scan sizes, the cache, prediction of single files) goes through it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from helpers.config import MAX_IMAGE_PIXELS
+
+MAX_PIXELS = MAX_IMAGE_PIXELS
+"""Images with more pixels than this are refused as decompression bombs (see the config)."""
+
+DRAFT_FACTOR = 2
+"""JPEGs are decoded at a reduced DCT scale, but never below ``DRAFT_FACTOR x`` the target
+size; bicubic resizing then does the rest (within a fraction of a grey level of a full
+decode; see ``benchmarks/README.md``)."""
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag saying how a camera held the image; values 5-8 mean a quarter turn."""
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of ``image`` once its EXIF orientation is applied (header only:
+    no pixel is decoded). A phone photo stored sideways reports its upright size."""
+    width, height = image.size
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+        return height, width
+    return width, height
+
+
+def to_gray(image: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to one grey channel: mode ``L``, or ``F`` (0-255 floats)
+    for more-than-8-bit images so that resizing keeps their precision.
+
+    * ``L``: unchanged. ``RGB``, ``RGBA``, ``LA``, ``1``, ``YCbCr``: ``convert("L")`` (ITU-R
+      601 luma; alpha is ignored, as ``ImageFolder``'s ``convert("RGB")`` would).
+    * ``P``/``PA``: the palette is applied first. ``CMYK``: via RGB.
+    * 16-bit and 32-bit grey (``I;16``, ``I``): scaled by the bit depth the pixels actually
+      use (the smallest of 8, 9, ..., 31 bits holding the maximum), so a 12-bit X-ray stored in
+      16-bit words (max 4095) spans 0-255 instead of being clipped or crushed to black.
+      ``F`` images with values in [0, 1] are scaled by 255.
+    """
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        pixels = np.nan_to_num(np.clip(pixels, 0.0, None))
+        top = float(pixels.max()) if pixels.size else 0.0
+        if mode == "F" and top <= 1.0:
+            scale = 255.0
+        else:
+            bits = max(8, int(math.ceil(top)).bit_length())
+            scale = 255.0 / (2**bits - 1)
+        return Image.fromarray((pixels * scale).astype(np.float32), mode="F")
+    if mode in ("P", "PA"):
+        return image.convert("RGBA").convert("L")
+    if mode == "CMYK":
+        return image.convert("RGB").convert("L")
+    return image.convert("L")
+
+
+def gray_resize(image: Image.Image, size: int) -> np.ndarray:
+    """Any-mode PIL image -> uint8 ``(size, size)`` array: :func:`to_gray`, then bicubic resize
+    (Pillow's, which antialiases when shrinking). The aspect ratio is not preserved."""
+    gray = to_gray(image)
+    resized = gray.resize((size, size), Image.Resampling.BICUBIC)
+    if resized.mode == "L":
+        return np.array(resized, dtype=np.uint8)  # a writable copy
+    return np.clip(np.rint(np.asarray(resized, dtype=np.float32)), 0, 255).astype(np.uint8)
+
+
+INTENSITY_CHOICES = ("none", "equalize", "clahe")
+"""Per-image intensity normalisation applied after resizing (``Config.intensity``)."""
+
+CLAHE_TILES = 8
+CLAHE_CLIP = 2.0
+
+
+def equalize(image: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of a uint8 image: grey levels mapped through their CDF.
+
+    Any strictly increasing change of exposure or contrast (gamma, gain, offset) leaves the
+    ranks of the pixels unchanged, so the equalised image barely depends on it: what differs
+    between X-ray machines is largely removed before the network sees the image.
+    """
+    hist = np.bincount(image.ravel(), minlength=256)
+    cdf = np.cumsum(hist)
+    lut = np.rint(255.0 * cdf / cdf[-1]).astype(np.uint8)
+    return lut[image]
+
+
+def clahe(image: np.ndarray, tiles: int = CLAHE_TILES, clip: float = CLAHE_CLIP) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (CLAHE) of a uint8 image.
+
+    The image is cut into ``tiles x tiles`` regions; each gets its own equalisation curve,
+    from a histogram clipped at ``clip`` times the mean bin count (the clipped excess is
+    spread evenly over all bins), which limits how much noise in flat regions is amplified.
+    Each pixel's output blends the curves of the four nearest region centres bilinearly, so
+    no seams show. ``tiles=1`` with a very large ``clip`` is :func:`equalize`.
+    """
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"clahe expects a 2-D uint8 image, got {image.dtype} {image.shape}")
+    height, width = image.shape
+    rows = np.linspace(0, height, tiles + 1).round().astype(int)
+    cols = np.linspace(0, width, tiles + 1).round().astype(int)
+    curves = np.empty((tiles, tiles, 256), dtype=np.float64)
+    for i in range(tiles):
+        for j in range(tiles):
+            region = image[rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
+            hist = np.bincount(region.ravel(), minlength=256).astype(np.float64)
+            limit = max(1.0, clip * region.size / 256)
+            excess = np.maximum(hist - limit, 0.0).sum()
+            hist = np.minimum(hist, limit) + excess / 256
+            curves[i, j] = 255.0 * np.cumsum(hist) / region.size
+    # Fractional region coordinates of every row and column (clamped at the borders).
+    fy = np.interp(np.arange(height), (rows[:-1] + rows[1:] - 1) / 2, np.arange(tiles))
+    fx = np.interp(np.arange(width), (cols[:-1] + cols[1:] - 1) / 2, np.arange(tiles))
+    y0, x0 = np.floor(fy).astype(int), np.floor(fx).astype(int)
+    y1, x1 = np.minimum(y0 + 1, tiles - 1), np.minimum(x0 + 1, tiles - 1)
+    wy, wx = (fy - y0)[:, None], (fx - x0)[None, :]
+    y0, y1, x0, x1 = y0[:, None], y1[:, None], x0[None, :], x1[None, :]
+    top = (1 - wx) * curves[y0, x0, image] + wx * curves[y0, x1, image]
+    bottom = (1 - wx) * curves[y1, x0, image] + wx * curves[y1, x1, image]
+    return np.clip(np.rint((1 - wy) * top + wy * bottom), 0, 255).astype(np.uint8)
+
+
+def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
+    """Apply ``mode`` (one of :data:`INTENSITY_CHOICES`) to a uint8 grey image."""
+    if mode == "none":
+        return image
+    if mode == "equalize":
+        return equalize(image)
+    if mode == "clahe":
+        return clahe(image)
+    raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {mode!r}")
+
+
+def load_gray(
+    path: str | Path, size: int, *, draft: bool = True, intensity: str = "none"
+) -> np.ndarray:
+    """Decode one image file to a uint8 ``(size, size)`` grayscale array (bicubic, squashed).
+
+    An EXIF orientation tag (phone photos) is applied first, so the image is upright;
+    ``intensity`` then applies a per-image normalisation (:func:`normalize_intensity`).
+
+    JPEGs are decoded with ``Image.draft`` at a reduced DCT scale when the target is much
+    smaller (never below ``DRAFT_FACTOR x size``); ``draft=False`` forces a full decode.
+    Raises :class:`ImageError` naming the file for a missing/empty/truncated file, something
+    that is not an image, an unsupported mode, or more than ``MAX_PIXELS`` pixels.
+    """
+    path = Path(path)
+    if intensity not in INTENSITY_CHOICES:
+        raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
+    try:
+        nbytes = path.stat().st_size
+    except OSError as err:
+        raise ImageError(path, f"cannot read file ({err.strerror or err})") from err
+    if nbytes == 0:
+        raise ImageError(path, "zero bytes (empty file)")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    path,
+                    f"decompression bomb refused: {width}x{height} = "
+                    f"{width * height / 1e6:.0f} megapixels > {MAX_PIXELS / 1e6:.0f} MP limit",
+                )
+            if draft and image.format == "JPEG":
+                image.draft("L", (DRAFT_FACTOR * size, DRAFT_FACTOR * size))
+            image.load()
+            upright = ImageOps.exif_transpose(image)  # a phone photo's rotation, applied
+            return normalize_intensity(gray_resize(upright, size), intensity)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageError(path, f"decompression bomb refused by Pillow ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageError(path, "not an image (Pillow cannot identify the file format)") from err
+    except (OSError, SyntaxError, EOFError) as err:
+        raise ImageError(path, f"truncated or corrupt image data ({err})") from err
+    except ValueError as err:  # e.g. a mode Pillow cannot convert to grey
+        raise ImageError(path, f"cannot convert to grayscale ({err})") from err

@@ -1,0 +1,188 @@
+"""From a dataset folder to batches: the prepared data of a recipe and the loader over its cache.
+
+:func:`prepare_data` finds, scans and splits the dataset and opens (or builds) its cache;
+:class:`BatchLoader` reads batches from that cache, augmenting training batches only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers.augment import AUGMENT_POLICIES, augment_policy, normalize_batch
+from helpers.cache import ImageCache, build_cache
+from helpers.config import Config, outputs_dir
+from helpers.data import ScanResult, make_splits, scan
+from helpers.sources import DatasetLocation, find_dataset
+
+
+def cache_rows(cache: ImageCache, table: pd.DataFrame) -> tuple[list[int], list[int], list[str]]:
+    """Cache rows and targets of ``table``'s images, and the paths that failed to decode.
+
+    Images that failed are left out of the rows (a loader refuses them) and returned, so
+    that the caller can report how many were skipped instead of dropping them silently.
+    """
+    indices: list[int] = []
+    targets: list[int] = []
+    failed: list[str] = []
+    for path, target in zip(table["path"], table["target"], strict=True):
+        row = cache.index_of(path)
+        if cache.ok[row]:
+            indices.append(row)
+            targets.append(int(target))
+        else:
+            failed.append(str(path))
+    return indices, targets, failed
+
+
+@dataclass
+class PreparedData:
+    """Everything training needs from the data layer: where, what, which split, the cache."""
+
+    location: DatasetLocation
+    scanned: ScanResult
+    splits: dict[str, pd.DataFrame]
+    cache: ImageCache
+
+    def rows(self, split: str) -> tuple[list[int], list[int]]:
+        """Cache rows and targets of one split (images that failed to decode left out)."""
+        indices, targets, _ = cache_rows(self.cache, self.splits[split])
+        return indices, targets
+
+    def fingerprint(self) -> str:
+        """A short hash of the file list and split, recorded in ``config.json``."""
+        h = hashlib.sha1()
+        for split in ("train", "val", "test"):
+            for path in self.splits[split]["path"]:
+                h.update(f"{split}:{path}\n".encode())
+        return h.hexdigest()[:16]
+
+    def loader(self, split: str, config: Config, device: torch.device | str) -> BatchLoader:
+        """The batches of ``split`` for ``config``: shuffled and augmented for ``train``, in
+        order and untouched for any other split."""
+        indices, targets = self.rows(split)
+        training = split == "train"
+        return BatchLoader(
+            self.cache, indices, targets,
+            config.batch_size if training else config.eval_batch_size,
+            shuffle=training, augment=training, policy=config.augment, seed=config.seed,
+            device=device,
+        )  # fmt: skip
+
+
+def prepare_data(
+    config: Config, data_dir: str | Path | None = None, progress: bool = True
+) -> PreparedData:
+    """Find, scan, split and cache the dataset for ``config`` (cache reused when valid)."""
+    location = find_dataset(data_dir)
+    scanned = scan(location.root)
+    if len(scanned.problems):
+        print(f"skipping {len(scanned.problems)} unusable files (see `python -m helpers scan`)")
+    splits = make_splits(scanned.images, config)
+    paths = pd.concat([splits[s]["path"] for s in ("train", "val", "test")]).tolist()
+    cache = build_cache(
+        paths, config.image_size, outputs_dir() / "cache", progress=progress,
+        intensity=config.intensity,
+    )  # fmt: skip
+    return PreparedData(location, scanned, splits, cache)
+
+
+class BatchLoader:
+    """Batches of normalised images from an :class:`ImageCache`, one epoch per ``iter()``.
+
+    Yields ``(x, y)``: ``x`` float32 ``(B, 3, S, S)`` normalised, ``y`` int64 ``(B,)``, on
+    ``device``. Epoch ``k`` (the k-th ``iter()``, or the one chosen with :meth:`set_epoch`)
+    draws its shuffle order and augmentation from a generator seeded by ``(seed, k)`` only,
+    so a resumed run calling ``set_epoch(k)`` sees exactly the batches of the original run.
+    With ``shuffle=True`` rows inside each batch are read in ascending cache order (faster;
+    the batch's members are unchanged); with ``shuffle=False`` batches follow ``indices``
+    exactly, so predictions line up with ``indices``. The last batch may be smaller.
+
+    Indices whose image failed to decode are refused (filter them with ``cache.ok``). On CUDA
+    the uint8 batch is gathered into pinned memory, copied non-blocking, and augmented and
+    normalised on the GPU.
+    """
+
+    def __init__(
+        self,
+        cache: ImageCache,
+        indices: Sequence[int],
+        targets: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        policy: str = "article",
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64).reshape(-1))
+        if len(self.targets) != len(self.indices):
+            raise ValueError(f"{len(self.indices)} indices but {len(self.targets)} targets")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(cache)):
+            raise IndexError(f"indices must be cache rows in [0, {len(cache)})")
+        bad = self.indices[~cache.ok[self.indices]]
+        if bad.size:
+            examples = ", ".join(cache.paths[i] for i in bad[:3])
+            raise ValueError(
+                f"{bad.size} of the indices are images that failed to decode (e.g. {examples}); "
+                "filter them out with cache.ok"
+            )
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        if policy not in AUGMENT_POLICIES:
+            raise ValueError(
+                f"augmentation policy must be one of {AUGMENT_POLICIES}, got {policy!r}"
+            )
+        self.policy = policy
+        self.seed = seed
+        self.device = torch.device(device)
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``iter()`` will produce."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` produce epoch ``epoch`` (for resuming a run)."""
+        self._epoch = int(epoch)
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        """A CPU generator whose seed depends on ``(seed, epoch)`` only."""
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self._epoch
+        self._epoch += 1
+        generator = self._generator(epoch)
+        n = len(self.indices)
+        order = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
+        cuda = self.device.type == "cuda"
+        for start in range(0, n, self.batch_size):
+            pos = order[start : start + self.batch_size]
+            if self.shuffle:
+                pos = pos[np.argsort(self.indices[pos], kind="stable")]
+            x = self.cache.batch(self.indices[pos], pin_memory=cuda)
+            y = self.targets[torch.from_numpy(pos)]
+            x = x.to(self.device, non_blocking=cuda)
+            y = y.to(self.device, non_blocking=cuda)
+            if self.augment:
+                x = augment_policy(x.to(torch.float32).div_(255.0), generator, self.policy)
+            yield normalize_batch(x), y
