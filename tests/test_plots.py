@@ -1,6 +1,7 @@
 """Tests for helpers.plots: every figure draws from small synthetic inputs, shows what its
 inputs say (bar heights, annotations, marker lines are read back from the artists), and saves
-a small PNG atomically."""
+a small PNG atomically. The functions are imported from the package, as the notebooks do; one
+test checks which module of the package (style, data, results) holds each."""
 
 from __future__ import annotations
 
@@ -102,11 +103,53 @@ def vertical_lines_at(ax, x: float) -> list:
     return found
 
 
+def cell_percentages(ax) -> np.ndarray:
+    """The row percentages written in a normalised confusion matrix, as a 2x2 array."""
+    return np.array([float(t.split("%")[0]) for t in cell_texts(ax)]).reshape(2, 2)
+
+
 def cell_texts(ax) -> list[str]:
     """The annotation texts drawn in the cells of a confusion matrix (row by row)."""
     texts = [t for t in ax.texts]
     texts.sort(key=lambda t: (t.get_position()[1], t.get_position()[0]))
     return [t.get_text() for t in texts]
+
+
+# ---------------------------------------------------------------------------------------------
+# Package layout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_public_names_are_reexported_from_their_modules():
+    from helpers.plots import data, results, style
+
+    homes = {
+        style: ["figures_dir", "save_figure"],
+        data: [
+            "plot_class_balance",
+            "plot_split_counts",
+            "plot_pneumonia_kinds",
+            "plot_images_per_patient",
+            "plot_size_histograms",
+            "plot_image_grid",
+        ],
+        results: [
+            "plot_history",
+            "plot_confusion_matrix",
+            "plot_confusion_pair",
+            "plot_roc",
+            "plot_pr",
+            "plot_probability_histogram",
+            "plot_gradcam_grid",
+        ],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(plots, name) is getattr(module, name), name
+    exported = {name for names in homes.values() for name in names}
+    assert {n for n in plots.__all__ if n.startswith("plot_")} == {
+        n for n in exported if n.startswith("plot_")
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +316,15 @@ def test_history_marks_best_epoch_and_logs_lr():
     assert plotted[5] > plotted[4]  # the warm restart is in the data drawn
 
 
+def test_history_f1_axis_says_weighted():
+    # train_f1/val_f1 are support-weighted F1 (train.py), not the F1 of PNEUMONIA alone
+    fig = plots.plot_history(make_history(), best_epoch=8)
+    f1_ax = fig.axes[1]
+    assert "weighted" in f1_ax.get_ylabel()
+    assert "PNEUMONIA" not in f1_ax.get_ylabel()
+    assert "weighted F1" in fig.get_suptitle()
+
+
 def test_history_without_backbone_or_best_epoch():
     history = make_history(backbone=False)
     fig = plots.plot_history(history)
@@ -329,6 +381,21 @@ def test_confusion_pair_two_panels():
     assert all("%" in t for t in cell_texts(fig.axes[1]))
 
 
+@pytest.mark.parametrize("cm", [CM, [[1, 2], [3, 4]], [[0, 7], [1, 0]], [[333, 1], [1, 2]]])
+def test_confusion_pair_percentages_sum_to_100_per_row(cm):
+    fig = plots.plot_confusion_pair(cm)
+    counts_ax, percent_ax = fig.axes
+    assert [int(t.replace(",", "")) for t in cell_texts(counts_ax)] == np.ravel(cm).tolist()
+    percents = cell_percentages(percent_ax)
+    assert percents.sum(axis=1) == pytest.approx([100.0, 100.0], abs=0.1)  # one decimal each
+    # the rows are the true classes: each row is divided by its own total, not the column's
+    expected = 100 * np.asarray(cm) / np.asarray(cm).sum(axis=1, keepdims=True)
+    assert percents == pytest.approx(expected, abs=0.05)
+    # and the shading is the row share as well (0 white, 100% darkest)
+    image = percent_ax.images[0]
+    assert np.allclose(image.norm(image.get_array()), expected / 100)
+
+
 def test_roc_curve_auc_and_operating_points():
     fpr, tpr = [0, 0.1, 0.3, 1.0], [0, 0.7, 0.95, 1.0]
     points = {"threshold 0.5": (0.3, 0.95), "Youden (val)": (0.1, 0.7)}
@@ -339,6 +406,11 @@ def test_roc_curve_auc_and_operating_points():
     for name, (x, y) in points.items():
         (marker,) = [line for line in ax.get_lines() if line.get_label().startswith(name)]
         assert (marker.get_xdata()[0], marker.get_ydata()[0]) == (x, y)
+    (curve,) = [line for line in ax.get_lines() if "0.912" in line.get_label()]
+    assert np.allclose(curve.get_xdata(), fpr) and np.allclose(curve.get_ydata(), tpr)
+    (chance,) = [line for line in ax.get_lines() if line.get_label().startswith("chance")]
+    assert np.allclose(chance.get_xdata(), [0, 1]) and np.allclose(chance.get_ydata(), [0, 1])
+    assert ax.get_xlabel().startswith("false positive rate")
     with pytest.raises(ValueError, match="same length"):
         plots.plot_roc([0, 1], [0, 0.5, 1], 0.5)
 
@@ -350,6 +422,9 @@ def test_pr_curve_with_prevalence_baseline():
     baseline = [line for line in ax.get_lines() if "prevalence" in line.get_label()]
     assert len(baseline) == 1 and np.allclose(baseline[0].get_ydata(), 0.62)
     assert any("0.930" in line.get_label() for line in ax.get_lines())
+    (curve,) = [line for line in ax.get_lines() if "0.930" in line.get_label()]
+    assert curve.get_drawstyle() == "steps-post"  # as average precision is computed
+    assert np.allclose(curve.get_xdata(), recall) and np.allclose(curve.get_ydata(), precision)
     with pytest.raises(ValueError, match="prevalence"):
         plots.plot_pr(recall, precision, 0.93, prevalence=1.5)
 
