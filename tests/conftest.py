@@ -1,4 +1,5 @@
-"""Shared fixtures: a small demo dataset built once per test session, and the real data."""
+"""Shared fixtures: the demo dataset and one quick trained run, each built once per session,
+and the real data when it is there."""
 
 from __future__ import annotations
 
@@ -21,6 +22,26 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def session_outputs(tmp_path_factory) -> Path:
+    """An outputs folder shared by the session's training runs, so images decode once."""
+    return tmp_path_factory.mktemp("session-outputs")
+
+
+@pytest.fixture(scope="session")
+def quick_run(demo_root, session_outputs, tmp_path_factory):
+    """The quick recipe (from scratch) trained once on the demo data, for every test that
+    needs a trained run. Tests must not change its folder: copy it first (:func:`copy_run`)."""
+    from helpers.config import Config
+    from helpers.train import train
+
+    recipe = Config().quick_mode().replace(pretrained="none")
+    run_dir = tmp_path_factory.mktemp("quick-run") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+        return train(recipe, run_dir, demo_root, progress=False)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` next to the checkout; tests using it skip when it is absent."""
     if not (SHARED_DATA / "kermany-224").is_dir():
@@ -34,3 +55,11 @@ def _isolated_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.delenv("PNEUMONIA_DATA_DIR", raising=False)
     monkeypatch.delenv("PNEUMONIA_QUICK", raising=False)
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    """A copy of a run folder, for a test that writes into it (the session's run stays as is)."""
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    return dest

@@ -11,36 +11,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
+from conftest import copy_run
 
 from helpers import cli
-from helpers.config import Config
+from helpers.augment import normalize_batch
 from helpers.evaluate import (
-    CI_KEYS,
     RUN_METRIC_KEYS,
     VAL_THRESHOLD_KEYS,
-    compute_metrics,
     evaluate_run,
     format_metrics,
     predict_images,
     predict_proba,
-    youden_threshold,
 )
-from helpers.preprocess import BatchLoader, load_gray, normalize_batch
-from helpers.train import (
-    load_checkpoint,
-    load_model_from_run,
-    prepare_data,
-    save_checkpoint,
-    train,
-)
-
-TINY = Config().quick_mode().replace(pretrained="none", epochs=2, image_size=64)
+from helpers.images import load_gray
+from helpers.loader import BatchLoader, prepare_data
+from helpers.metrics import CI_KEYS, compute_metrics, youden_threshold
+from helpers.runs import load_model_from_run
 
 
 @dataclass
 class TinyRun:
-    """The module's trained run folder, where its cache lives, and its test evaluation."""
+    """A copy of the session's quick run, where its cache lives, and its test evaluation."""
 
     run_dir: Path
     outputs: Path
@@ -48,71 +39,25 @@ class TinyRun:
     metrics: dict
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions on a busy 2-core machine: one thread is far faster than two
-    (measured: 2 epochs in 6 s with one thread, over a minute with two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _calibrate_batchnorm(run_dir: Path, data) -> None:
-    """Re-estimate best.pt's BatchNorm statistics on the training images and save it back.
-
-    After two epochs from scratch the running statistics still lag the weights and the
-    eval-mode model gives every image the same probability (std ~1e-8): comparing
-    probabilities between code paths would then prove nothing. Exact statistics give
-    clearly different probabilities per image; the run folder stays a valid run.
-    """
-    model, config, state = load_model_from_run(run_dir)
-    indices, targets = data.rows("train")
-    loader = BatchLoader(data.cache, indices, targets, 64, shuffle=False, augment=False, seed=0)
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over all batches
-    with torch.no_grad():
-        for x, _ in loader:
-            model(x)
-    state = load_checkpoint(run_dir / "best.pt")
-    state["model"] = model.eval().state_dict()
-    save_checkpoint(run_dir / "best.pt", state)
-
-
 @pytest.fixture(scope="module")
-def tiny(demo_root, tmp_path_factory) -> TinyRun:
-    """Train TINY once on the demo data, then evaluate it on the test folder."""
-    base = tmp_path_factory.mktemp("evaluate")
-    outputs = base / "outputs"
-    run_dir = base / "run"
+def tiny(quick_run, session_outputs, demo_root, tmp_path_factory) -> TinyRun:
+    """The session's quick run (copied), evaluated on the demo test folder."""
+    run_dir = copy_run(quick_run.run_dir, tmp_path_factory.mktemp("evaluate") / "run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-        result = train(TINY, run_dir, demo_root, progress=False)
-        _calibrate_batchnorm(run_dir, result.data)
+        mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
         metrics = evaluate_run(run_dir, progress=False)
-    return TinyRun(run_dir, outputs, Path(demo_root), metrics)
+    return TinyRun(run_dir, session_outputs, Path(demo_root), metrics)
 
 
 @pytest.fixture()
 def shared_outputs(tiny, monkeypatch) -> Path:
-    """Point outputs at the module's folder so evaluations reuse the training cache."""
+    """Point outputs at the session's folder so evaluations reuse the training cache."""
     monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tiny.outputs))
     return tiny.outputs
 
 
 def _predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
     return pd.read_csv(run_dir / f"predictions-{split}.csv")
-
-
-def _copy_run(run_dir: Path, dest: Path) -> Path:
-    """A copy of the run's config and best model, so a test can overwrite its outputs."""
-    dest.mkdir(parents=True)
-    for name in ("config.json", "best.pt"):
-        shutil.copy2(run_dir / name, dest / name)
-    return dest
 
 
 # --- evaluate_run --------------------------------------------------------------------------
@@ -141,11 +86,15 @@ def test_metrics_file_holds_the_documented_keys_and_sane_numbers(tiny):
     assert Path(m["data_root"]) == tiny.data_root
     assert m["weights_used"] == "none"
     assert m["is_demo"] is True  # the demo folder's marker, whatever config.json says
+    assert m["tta"] is False
+    assert 0 < m["n_patients"] <= m["n_images"]
 
     # The headline numbers follow from the saved per-image predictions.
     preds = _predictions(tiny.run_dir)
     assert len(preds) == m["n_images"]
     assert all(Path(p).is_relative_to(tiny.data_root / "test") for p in preds["path"])
+    assert list(preds.columns) == ["path", "patient", "target", "p_pneumonia"]
+    assert preds["patient"].nunique() == m["n_patients"]
     again = compute_metrics(preds["target"], preds["p_pneumonia"], 0.5)
     assert again["confusion_matrix"] == m["confusion_matrix"]
     assert again["roc_auc"] == pytest.approx(m["roc_auc"], abs=1e-9)
@@ -180,7 +129,7 @@ def test_format_metrics_shows_the_table(tiny):
 def test_evaluate_a_folder_holding_only_test(tiny, shared_outputs, tmp_path):
     only = tmp_path / "elsewhere"
     shutil.copytree(tiny.data_root / "test", only / "test")
-    run = _copy_run(tiny.run_dir, tmp_path / "run")
+    run = copy_run(tiny.run_dir, tmp_path / "run")
     m = evaluate_run(run, data_dir=only, progress=False)
     assert Path(m["data_root"]) == only
     assert m["n_images"] == tiny.metrics["n_images"]
@@ -197,7 +146,7 @@ def test_evaluate_a_folder_holding_only_test(tiny, shared_outputs, tmp_path):
 def test_threshold_falls_back_to_half_when_training_data_is_gone(tiny, shared_outputs, tmp_path):
     only = tmp_path / "elsewhere"
     shutil.copytree(tiny.data_root / "test", only / "test")
-    run = _copy_run(tiny.run_dir, tmp_path / "run")
+    run = copy_run(tiny.run_dir, tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
     gone = tmp_path / "deleted-training-data"
     config["data"]["root"] = str(gone)
@@ -215,7 +164,7 @@ def test_threshold_falls_back_to_half_when_training_data_is_gone(tiny, shared_ou
 
 
 def test_cli_evaluate_prints_the_report(tiny, shared_outputs, tmp_path, capsys):
-    run = _copy_run(tiny.run_dir, tmp_path / "run")
+    run = copy_run(tiny.run_dir, tmp_path / "run")
     assert cli.main(["evaluate", "--run", str(run), "--split", "val"]) == 0
     out = capsys.readouterr().out
     assert "val split" in out and "AUROC" in out
@@ -286,7 +235,7 @@ def test_cli_export_gives_the_eager_probabilities(tiny, tmp_path, capsys, fmt):
     assert cli.main(["export", "--run", str(tiny.run_dir), "--format", fmt, "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     exported = load_exported(out)
-    assert exported.metadata["image_size"] == TINY.image_size
+    assert exported.metadata["image_size"] == 64
 
     model, config, _ = load_model_from_run(tiny.run_dir)
     paths = list(_predictions(tiny.run_dir)["path"][:6])
@@ -298,3 +247,21 @@ def test_cli_export_gives_the_eager_probabilities(tiny, tmp_path, capsys, fmt):
     got = torch.softmax(exported(x), dim=1)[:, 1]
     assert expected.std() > 1e-3
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_test_time_augmentation_averages_each_image_with_its_mirror(tiny, shared_outputs, tmp_path):
+    run = copy_run(tiny.run_dir, tmp_path / "run")
+    m = evaluate_run(run, split="test", progress=False, tta=True)
+    assert m["tta"] is True and (run / "metrics-test-tta.json").is_file()
+    tta = pd.read_csv(run / "predictions-test-tta.csv")
+    plain = _predictions(tiny.run_dir)
+    assert list(tta["path"]) == list(plain["path"])
+    model, config, _ = load_model_from_run(run)
+    paths = list(tta["path"][:5])
+    x = normalize_batch(
+        torch.from_numpy(np.stack([load_gray(p, config.image_size) for p in paths]))[:, None]
+    )
+    with torch.inference_mode():
+        both = (model(x).softmax(1)[:, 1] + model(x.flip(-1)).softmax(1)[:, 1]) / 2
+    np.testing.assert_allclose(tta["p_pneumonia"][:5], both.numpy(), atol=1e-5)
+    assert not np.allclose(tta["p_pneumonia"], plain["p_pneumonia"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from helpers.config import Config
 from helpers.data import (
     DatasetError,
     class_weights,
-    find_dataset,
     make_splits,
     patient_id,
     pneumonia_kind,
@@ -36,23 +34,6 @@ def _tiny_layout(root: Path, splits=("train", "val", "test")) -> Path:
         _jpeg(root / split / "NORMAL" / "IM-0001-0001.jpeg")
         _jpeg(root / split / "PNEUMONIA" / "person1_bacteria_1.jpeg", mode="RGB")
     return root
-
-
-@pytest.mark.parametrize(
-    ("name", "patient"),
-    [
-        ("person123_bacteria_456.jpeg", "person123"),
-        ("person1_virus_6.jpeg", "person1"),
-        ("person447_virus_921_1.jpeg", "person447"),
-        ("IM-0115-0001.jpeg", "IM-0115"),
-        ("NORMAL2-IM-1427-0001.jpeg", "IM-1427"),
-        ("IM-0429-0001-0001.jpeg", "IM-0429"),
-        ("IM-0429-0001-0002.jpeg", "IM-0429"),
-        ("scan_of_someone.png", "scan_of_someone"),
-    ],
-)
-def test_patient_id_from_kaggle_names(name, patient):
-    assert patient_id(name) == patient
 
 
 def test_pneumonia_kind():
@@ -180,64 +161,6 @@ def test_class_weights_formula():
         class_weights([1, 1])
 
 
-def test_find_dataset_order(tmp_path, monkeypatch):
-    explicit = _tiny_layout(tmp_path / "mine" / "chest_xray")
-    assert find_dataset(explicit).source == "argument"
-    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(explicit))
-    assert find_dataset().source == "env"
-    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(tmp_path / "nope"))
-    with pytest.raises(DatasetError, match="no such folder"):
-        find_dataset()
-    monkeypatch.delenv("PNEUMONIA_DATA_DIR")
-    project = tmp_path / "project"
-    monkeypatch.setattr(data, "project_root", lambda: project)
-    kaggle = tmp_path / "kaggle_input"
-    _tiny_layout(kaggle / "chest-xray-pneumonia" / "chest_xray")
-    monkeypatch.setattr(data, "KAGGLE_INPUT", kaggle)
-    assert find_dataset().source == "kaggle-input"
-    _tiny_layout(project / "data" / "chest_xray")
-    assert find_dataset().source == "project"
-
-
-def test_find_dataset_uses_kagglehub_when_online(tmp_path, monkeypatch):
-    import sys
-    import types
-
-    monkeypatch.setattr(data, "project_root", lambda: tmp_path / "project")
-    monkeypatch.setattr(data, "KAGGLE_INPUT", tmp_path / "no_kaggle")
-    downloaded = _tiny_layout(tmp_path / "hub" / "chest_xray")
-    fake = types.SimpleNamespace(dataset_download=lambda handle: str(downloaded.parent))
-    monkeypatch.setitem(sys.modules, "kagglehub", fake)
-    monkeypatch.setattr(data, "_network_answers", lambda *a, **k: True)
-    location = find_dataset()
-    assert location.source == "kagglehub" and not location.is_demo
-
-    def refuse(handle):
-        raise RuntimeError("401 Client Error: Unauthorized")
-
-    fake.dataset_download = refuse
-    with pytest.raises(DatasetError, match="KAGGLE_USERNAME"):
-        find_dataset()
-
-
-def test_find_dataset_falls_back_to_demo_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "project_root", lambda: tmp_path / "project")
-    monkeypatch.setattr(data, "KAGGLE_INPUT", tmp_path / "no_kaggle")
-    monkeypatch.setattr(data, "_network_answers", lambda *a, **k: False)
-    with pytest.warns(UserWarning, match="SYNTHETIC demo dataset"):
-        location = find_dataset(demo_images=60)
-    assert location.is_demo and location.source == "demo"
-    assert scan(location.root).images.shape[0] == 60
-
-
-def test_network_check_fails_fast_offline():
-    import time
-
-    start = time.perf_counter()
-    answered = data._network_answers("127.0.0.1", 9, timeout=0.5)  # nothing listens there
-    assert not answered and time.perf_counter() - start < 2
-
-
 def test_real_split_counts(shared_data):
     """The shared copy holds the complete Kaggle train and official test splits."""
     result = scan(shared_data / "kermany-224")
@@ -255,18 +178,41 @@ def test_real_split_counts(shared_data):
     assert len(splits["test"]) == 624
 
 
-def test_colab_secrets_become_kaggle_credentials(monkeypatch):
-    import sys
-    import types
+@pytest.mark.parametrize(
+    ("name", "patient"),
+    [
+        ("person123_bacteria_456.jpeg", "person123"),
+        ("person1_virus_6.jpeg", "person1"),
+        ("person447_virus_921_1.jpeg", "person447"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("NORMAL2-IM-1427-0001.jpeg", "IM-1427"),
+        ("IM-0429-0001-0001.jpeg", "IM-0429"),
+        ("IM-0429-0001-0002.jpeg", "IM-0429"),
+        ("scan_of_someone.png", "scan_of_someone"),
+    ],
+)
+def test_patient_id_from_kaggle_names(name, patient):
+    assert patient_id(name) == patient
 
-    secrets = {"KAGGLE_USERNAME": "ada", "KAGGLE_KEY": "s3cret"}
-    userdata = types.SimpleNamespace(get=lambda name: secrets[name])
-    colab = types.ModuleType("google.colab")
-    colab.userdata = userdata
-    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    monkeypatch.setenv("KAGGLE_KEY", "already-set")
-    data._credentials_from_colab_secrets()
-    assert os.environ["KAGGLE_USERNAME"] == "ada"
-    assert os.environ["KAGGLE_KEY"] == "already-set"  # an existing variable wins
+
+def test_test_halves_split_patients_and_keep_the_class_mix(demo_root):
+    from helpers.data import test_halves
+
+    test = scan(demo_root).images.query("split == 'test'")
+    halves = test_halves(test)
+    choose, report = halves["choose"], halves["report"]
+    assert len(choose) + len(report) == len(test)
+    assert not set(choose.patient) & set(report.patient)
+    assert abs(choose.target.mean() - report.target.mean()) < 0.15
+    again = test_halves(test.sample(frac=1, random_state=3).sort_values("path"))
+    assert set(again["choose"].path) == set(test_halves(test.sort_values("path"))["choose"].path)
+
+
+def test_real_test_halves(shared_data):
+    from helpers.data import test_halves
+
+    images = scan(shared_data / "kermany-224").images
+    halves = test_halves(images[images.split == "test"])
+    for half in halves.values():
+        assert len(half) == 312 and half.target.sum() == 195
+    assert not set(halves["choose"].patient) & set(halves["report"].patient)

@@ -1,4 +1,5 @@
-"""Decoding, the decode-once cache, batch augmentation/normalisation and BatchLoader."""
+"""From files to batches: decoding (images), the decode-once cache, batch augmentation and
+normalisation (augment), and BatchLoader (loader)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,23 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from helpers import preprocess
-from helpers.config import IMAGENET_MEAN, IMAGENET_STD
-from helpers.preprocess import (
-    BatchLoader,
-    ImageError,
+from helpers import cache as cache_module
+from helpers import images as images_module
+from helpers.augment import (
     apply_augmentation,
     augment_batch,
     augment_params,
-    build_cache,
+    augment_policy,
     denormalize,
     eval_transform,
-    load_gray,
     normalize_batch,
+    robust_perturbation,
     train_transform,
 )
+from helpers.cache import CACHE_FORMAT_VERSION, build_cache
+from helpers.config import IMAGENET_MEAN, IMAGENET_STD
+from helpers.images import ImageError, clahe, equalize, load_gray
+from helpers.loader import BatchLoader
 
 FULLRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "kermany-fullres-sample"
 
@@ -153,10 +156,29 @@ def test_load_gray_truncated_and_missing(tmp_path):
 
 def test_load_gray_refuses_decompression_bombs(tmp_path, monkeypatch):
     path = save(Image.new("L", (200, 100)), tmp_path / "wide.png")
-    monkeypatch.setattr(preprocess, "MAX_PIXELS", 10_000)
+    monkeypatch.setattr(images_module, "MAX_PIXELS", 10_000)
     with pytest.raises(ImageError, match="decompression bomb") as info:
         load_gray(path, 32)
     assert "200x100" in str(info.value) and "wide.png" in str(info.value)
+
+
+def test_exif_orientation_is_applied_everywhere(tmp_path):
+    """A phone photo stored sideways (EXIF orientation 6: rotate 90 degrees clockwise to view)
+    loads upright, and the scan reports its upright size."""
+    from helpers.data import read_header
+
+    upright = np.zeros((120, 60), np.uint8)  # tall: 60 wide, 120 high
+    upright[:20] = 255  # a white band at the top
+    stored = np.rot90(upright, k=1)  # what the camera wrote: 120 wide, 60 high
+    exif = Image.Exif()
+    exif[images_module.EXIF_ORIENTATION] = 6
+    path = save(Image.fromarray(stored), tmp_path / "phone.jpeg", exif=exif, quality=95)
+    assert Image.open(path).size == (120, 60)
+    assert read_header(path)[:2] == (60, 120)
+    pixels = load_gray(path, 60).astype(int)
+    assert pixels[:8].mean() > 200 and pixels[-20:].mean() < 40  # the band is at the top
+    unrotated = save(Image.fromarray(stored), tmp_path / "plain.jpeg", quality=95)
+    assert load_gray(unrotated, 60)[:8].mean() < 200  # without the tag: sideways
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -206,7 +228,7 @@ def test_build_cache_contents(image_files, tmp_path):
     np.testing.assert_array_equal(array, cache.array)
     index = json.loads(cache.path.with_suffix(".json").read_text())
     assert index["paths"] == [str(p) for p in image_files]
-    assert index["size"] == 24 and index["format_version"] == preprocess.CACHE_FORMAT_VERSION
+    assert index["size"] == 24 and index["format_version"] == CACHE_FORMAT_VERSION
     assert not list(cache.path.parent.glob("*.tmp-*"))
 
 
@@ -226,7 +248,7 @@ def test_cache_is_reused_without_decoding(image_files, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise AssertionError("a valid cache must not decode anything")
 
-    monkeypatch.setattr(preprocess, "load_gray", explode)
+    monkeypatch.setattr(cache_module, "load_gray", explode)
     again = build_quietly(image_files, 16, tmp_path / "cache")
     assert again.path == first.path
     np.testing.assert_array_equal(again.array, first.array)
@@ -236,13 +258,13 @@ def test_cache_is_reused_without_decoding(image_files, tmp_path, monkeypatch):
 def count_decodes(monkeypatch) -> list[str]:
     """Make every load_gray call append its path to the returned list."""
     calls: list[str] = []
-    real = preprocess.load_gray
+    real = cache_module.load_gray
 
     def counting(path, size, **kw):
         calls.append(str(path))
         return real(path, size, **kw)
 
-    monkeypatch.setattr(preprocess, "load_gray", counting)
+    monkeypatch.setattr(cache_module, "load_gray", counting)
     return calls
 
 
@@ -471,31 +493,7 @@ def test_draft_decode_matches_full_decode_on_real_xrays():
     assert np.mean(diffs) < 0.5 and max(diffs) < 1.5
 
 
-# --- the loader benchmark (smoke test on a few synthetic JPEGs) ------------------------------
-
-
-def test_bench_loader_cli(tmp_path, capsys):
-    from helpers.cli import main
-
-    for label in ("NORMAL", "PNEUMONIA"):
-        folder = tmp_path / "data" / "train" / label
-        folder.mkdir(parents=True)
-        for i in range(4):
-            img = Image.fromarray(gradient_image(180, 150, seed=i)).convert("RGB")
-            save(img, folder / f"IM-{i:04d}-0001.jpeg", quality=90)
-    assert (
-        main(["bench", "loader", "--data", str(tmp_path / "data"), "--image-size", "32", "--quick"])
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "8 images" in out and "speed-up" in out and "torchvision decode_jpeg" in out
-    assert main(["bench", "loader", "--data", str(tmp_path / "missing")]) == 2
-    assert "missing" in capsys.readouterr().err
-
-
 def test_robust_policy_is_seeded_and_widens_intensity():
-    from helpers.preprocess import augment_policy, robust_perturbation
-
     x = torch.linspace(0, 1, 64 * 64).view(1, 1, 64, 64).repeat(32, 1, 1, 1)
     a = robust_perturbation(x, torch.Generator().manual_seed(3))
     b = robust_perturbation(x, torch.Generator().manual_seed(3))
@@ -514,8 +512,6 @@ def test_robust_policy_is_seeded_and_widens_intensity():
 def test_equalize_removes_a_monotone_exposure_change():
     """Histogram equalisation depends only on the ranks of the grey levels, so a contrast and
     brightness change applied before it (here a gain of 2 and an offset) changes nothing."""
-    from helpers.preprocess import equalize
-
     rng = np.random.default_rng(0)
     image = rng.integers(60, 170, size=(64, 64)).astype(np.uint8)
     stretched = (2 * image.astype(int) - 100).astype(np.uint8)  # 20..238, ranks kept
@@ -524,16 +520,12 @@ def test_equalize_removes_a_monotone_exposure_change():
 
 
 def test_clahe_with_one_region_and_no_clipping_is_global_equalisation():
-    from helpers.preprocess import clahe, equalize
-
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, size=(48, 40)).astype(np.uint8)
     assert np.abs(clahe(image, tiles=1, clip=1e9).astype(int) - equalize(image)).max() <= 1
 
 
 def test_clahe_stretches_local_contrast_without_seams():
-    from helpers.preprocess import clahe
-
     y, x = np.mgrid[0:128, 0:128]
     # A dim left half and a bright right half, each with faint texture.
     image = np.where(x < 64, 60, 180) + (5 * np.sin(x / 3.0) * np.cos(y / 4.0))
@@ -547,8 +539,6 @@ def test_clahe_stretches_local_contrast_without_seams():
 
 
 def test_cache_is_keyed_by_intensity(tmp_path, demo_root):
-    from helpers.preprocess import build_cache, load_gray
-
     paths = sorted(str(p) for p in (demo_root / "train" / "NORMAL").iterdir())[:4]
     plain = build_cache(paths, 64, tmp_path, progress=False)
     equal = build_cache(paths, 64, tmp_path, progress=False, intensity="equalize")
@@ -557,3 +547,52 @@ def test_cache_is_keyed_by_intensity(tmp_path, demo_root):
     assert not np.array_equal(plain.array[0], equal.array[0])
     with pytest.raises(ValueError, match="intensity"):
         load_gray(paths[0], 64, intensity="sharpen")
+
+
+def test_a_build_killed_part_way_leaves_nothing_behind(tmp_path):
+    """kill -9 a cache build in another process, then build again: the dead build's
+    temporary array is removed and the cache is complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for i in range(40):
+        paths.append(save(Image.fromarray(gradient_image(seed=i)), folder / f"{i}.png"))
+    cache_dir = tmp_path / "cache"
+    slow_build = (  # decodes one image every 0.2 s, so it is killed part-way
+        "import sys, time\n"
+        "import helpers.cache as c\n"
+        "real = c.load_gray\n"
+        "def slow(*a, **k):\n"
+        "    time.sleep(0.2)\n"
+        "    return real(*a, **k)\n"
+        "c.load_gray = slow\n"
+        "c.build_cache(sys.argv[2:], 32, sys.argv[1], progress=False, workers=1)\n"
+    )
+    command = [sys.executable, "-c", slow_build, str(cache_dir), *map(str, paths)]
+    child = subprocess.Popen(command)
+    deadline = time.monotonic() + 60
+    while not list(cache_dir.glob("*.tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(cache_dir.glob("*.tmp-*")), "the build never started"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert list(cache_dir.glob("*.npy.tmp-*"))  # what the kill left
+    cache = build_cache(paths, 32, cache_dir, progress=False)
+    assert not list(cache_dir.glob("*.tmp-*"))
+    assert cache.ok.all() and len(cache) == 40
+
+
+def test_a_running_build_keeps_its_temporary_file(tmp_path):
+    from helpers.cache import remove_interrupted_builds
+
+    mine = tmp_path / f"gray32-4-abc.npy.tmp-{os.getpid()}"  # this process is alive
+    mine.write_bytes(b"in progress")
+    dead = tmp_path / "gray32-4-abc.npy.tmp-999999999"  # no such process
+    dead.write_bytes(b"left by a kill")
+    assert remove_interrupted_builds(tmp_path) == [dead]
+    assert mine.is_file() and not dead.exists()

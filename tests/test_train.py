@@ -11,42 +11,34 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+from conftest import copy_run
 
 from helpers import model as model_module
+from helpers import runs
 from helpers.config import Config
-from helpers.train import (
+from helpers.evaluate import evaluate_run
+from helpers.loader import BatchLoader, prepare_data
+from helpers.runs import (
     HISTORY_COLUMNS,
     RunError,
     load_checkpoint,
     load_model_from_run,
-    prepare_data,
     read_history,
-    train,
 )
+from helpers.train import make_optimizer, run_epoch, train
 
 QUICK = Config().quick_mode().replace(pretrained="none")
+TINY = QUICK.replace(image_size=32, subset=120, epochs=3)
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    """One outputs folder (cache) shared by the module's runs, so images decode once."""
-    path = tmp_path_factory.mktemp("outputs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNEUMONIA_OUTPUTS", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
-def quick_run(outputs, demo_root, tmp_path_factory):
-    """The CI quick configuration trained once on the demo data."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-        return train(QUICK, tmp_path_factory.mktemp("run") / "quick", demo_root, progress=False)
+@pytest.fixture()
+def outputs(session_outputs, monkeypatch):
+    """The session's outputs folder, so that training runs reuse its image caches."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    return session_outputs
 
 
 def _balanced_accuracy(model, data, split="val"):
-    from helpers.preprocess import BatchLoader
-
     indices, targets = data.rows(split)
     loader = BatchLoader(data.cache, indices, targets, 64, shuffle=False, augment=False, seed=0)
     model.eval()
@@ -86,18 +78,33 @@ def test_best_checkpoint_is_restored(quick_run):
         assert torch.equal(tensor.cpu(), reloaded.state_dict()[name]), name
 
 
-def test_warm_restart_schedule_in_history(outputs, demo_root, tmp_path):
-    """CosineAnnealingWarmRestarts(T_0=5, T_mult=2): restarts at epochs 5 and 15 (0-based)."""
-    tiny = QUICK.replace(image_size=32, subset=60, epochs=16, patience=100, batch_size=64)
-    history = train(tiny, tmp_path / "sched", demo_root, progress=False).history
-    lr = history.lr_head.to_numpy()
+def test_warm_restart_schedule_in_history(quick_run):
+    """The engine logs the rate each epoch used: a warm restart after epoch 5 (T_0=5)."""
+    lr = quick_run.history.lr_head.to_numpy()
     restarts = [i for i in range(1, len(lr)) if lr[i] > lr[i - 1]]
-    assert restarts == [5, 15]
-    assert lr[0] == lr[5] == lr[15] == pytest.approx(tiny.scratch_lr)
-    # within a cycle the rate follows the cosine down to eta_min
+    assert restarts == [5]
+    assert lr[0] == lr[5] == pytest.approx(QUICK.scratch_lr)
+    # within a cycle the rate follows the cosine down towards eta_min
     t = np.arange(5)
-    expected = tiny.eta_min + (tiny.scratch_lr - tiny.eta_min) * (1 + np.cos(np.pi * t / 5)) / 2
+    expected = QUICK.eta_min + (QUICK.scratch_lr - QUICK.eta_min) * (1 + np.cos(np.pi * t / 5)) / 2
     np.testing.assert_allclose(lr[:5], expected, rtol=1e-6)
+
+
+def test_schedule_restarts_at_epochs_6_16_and_36():
+    """T_0=5, T_mult=2, stepped once per epoch: cycles of 5, 10 and 20 epochs. The lowest head
+    rates (last epoch of each cycle) stay far above eta_min: about 9.5e-4, 2.5e-4, 6.2e-5."""
+    from helpers.model import PneumoniaNet
+
+    optimizer, scheduler = make_optimizer(PneumoniaNet(frozen=True), Config())
+    lr = []
+    for _ in range(36):
+        lr.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    epochs = [i + 1 for i in range(1, 36) if lr[i] > lr[i - 1]]
+    assert epochs == [6, 16, 36]
+    lows = [lr[4], lr[14], lr[34]]  # epochs 5, 15 and 35
+    np.testing.assert_allclose(lows, [9.55e-4, 2.45e-4, 6.16e-5], rtol=0.01)
 
 
 @pytest.fixture
@@ -141,28 +148,70 @@ def test_frozen_layers_do_not_change(outputs, demo_root, tmp_path, fake_imagenet
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(outputs, demo_root, tmp_path):
-    """Kill after epoch 2 (``stop_after``), resume, and get the same history as a straight run.
+    """Kill after epoch 1 (``stop_after``), leave a half-written checkpoint as a kill during a
+    write would, resume, and get the same history, weights and metrics as a straight run.
 
-    The straight run here is also a second run of the same command, so this checks
-    determinism too: only the wall-clock ``seconds`` column may differ.
+    The straight run is also a second run of the same command, so this checks determinism
+    too: only the wall-clock ``seconds`` column may differ. The recipe includes a weight
+    average (EMA) and label smoothing, so their state is resumed as well.
     """
-    config = QUICK.replace(epochs=4, subset=150)
+    config = TINY.replace(ema_decay=0.9, label_smoothing=0.1)
     straight = train(config, tmp_path / "straight", demo_root, progress=False)
-    train(config, tmp_path / "cut", demo_root, progress=False, stop_after=2)
-    assert len(read_history(tmp_path / "cut")) == 2
+    train(config, tmp_path / "cut", demo_root, progress=False, stop_after=1)
+    assert len(read_history(tmp_path / "cut")) == 1
+    (tmp_path / "cut" / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     resumed = train(config, tmp_path / "cut", demo_root, progress=False, resume=True)
     a = straight.history.drop(columns="seconds")
     b = resumed.history.drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    first = evaluate_run(straight.run_dir, progress=False, n_resamples=100)
+    second = evaluate_run(resumed.run_dir, progress=False, n_resamples=100)
+    assert first == second
 
 
-def test_resume_refuses_a_different_recipe(outputs, demo_root, tmp_path):
-    config = QUICK.replace(epochs=1, subset=60, image_size=32)
-    train(config, tmp_path / "run", demo_root, progress=False)
+def test_resume_restores_the_cuda_generators_too(monkeypatch):
+    """Dropout on a GPU draws from the CUDA generator: resume must save and restore it.
+    CUDA is faked here, so the logic is tested on any machine."""
+    saved_states = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved_states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = runs.rng_state()
+    assert state["cuda_rng"] is saved_states
+    assert torch.equal(state["torch_rng"], torch.get_rng_state())
+    runs.restore_rng_state(state)
+    assert restored == [saved_states]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runs.restore_rng_state(state)  # a CUDA checkpoint resumed on a CPU: CPU state only
+    assert restored == [saved_states]
+
+
+def test_resume_refuses_a_different_recipe(quick_run, demo_root, outputs, tmp_path):
+    run_dir = copy_run(quick_run.run_dir, tmp_path / "run")
     with pytest.raises(RunError, match="different config.*epochs"):
-        train(config.replace(epochs=3), tmp_path / "run", demo_root, progress=False, resume=True)
+        train(QUICK.replace(epochs=8), run_dir, demo_root, progress=False, resume=True)
+    with pytest.raises(RunError, match="image_size"):
+        train(QUICK.replace(image_size=32), run_dir, demo_root, progress=False, resume=True)
+
+
+def test_epoch_without_clipping(quick_run):
+    """``grad_clip=None`` trains without clipping (it used to crash)."""
+    model, config, _ = load_model_from_run(quick_run.run_dir)
+    data = quick_run.data
+    indices, targets = data.rows("train")
+    loader = BatchLoader(
+        data.cache, indices[:32], targets[:32], 16, shuffle=True, augment=False, seed=0
+    )
+    optimizer, _ = make_optimizer(model, config)
+    before = [p.detach().clone() for p in model.parameters()]
+    criterion = torch.nn.CrossEntropyLoss()
+    result = run_epoch(model, loader, criterion, torch.device("cpu"), optimizer, grad_clip=None)
+    assert np.isfinite(result.loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_checkpoint_errors_are_clear(tmp_path):
@@ -190,7 +239,8 @@ def test_cli_quick_train(outputs, demo_root, tmp_path):
     env = {"PNEUMONIA_OUTPUTS": str(outputs), "PATH": "/usr/bin:/bin"}
     run = subprocess.run(
         [sys.executable, "-m", "helpers", "train", "--data", str(demo_root), "--out",
-         str(tmp_path / "cli"), "--quick", "--epochs", "1", "--pretrained", "none"],
+         str(tmp_path / "cli"), "--quick", "--epochs", "1", "--pretrained", "none",
+         "--image-size", "32"],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]

@@ -1,0 +1,101 @@
+"""Finding the dataset: argument, environment, project folder, Kaggle input, kagglehub, demo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import sources
+from helpers.data import DatasetError, scan
+from helpers.sources import find_dataset
+
+
+def _jpeg(path: Path, size=(40, 30), mode="L") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, 128 if mode == "L" else (128, 128, 128)).save(path, format="JPEG")
+    return path
+
+
+def _tiny_layout(root: Path, splits=("train", "val", "test")) -> Path:
+    for split in splits:
+        _jpeg(root / split / "NORMAL" / "IM-0001-0001.jpeg")
+        _jpeg(root / split / "PNEUMONIA" / "person1_bacteria_1.jpeg", mode="RGB")
+    return root
+
+
+def test_find_dataset_order(tmp_path, monkeypatch):
+    explicit = _tiny_layout(tmp_path / "mine" / "chest_xray")
+    assert find_dataset(explicit).source == "argument"
+    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(explicit))
+    assert find_dataset().source == "env"
+    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(DatasetError, match="no such folder"):
+        find_dataset()
+    monkeypatch.delenv("PNEUMONIA_DATA_DIR")
+    project = tmp_path / "project"
+    monkeypatch.setattr(sources, "project_root", lambda: project)
+    kaggle = tmp_path / "kaggle_input"
+    _tiny_layout(kaggle / "chest-xray-pneumonia" / "chest_xray")
+    monkeypatch.setattr(sources, "KAGGLE_INPUT", kaggle)
+    assert find_dataset().source == "kaggle-input"
+    _tiny_layout(project / "data" / "chest_xray")
+    assert find_dataset().source == "project"
+
+
+def test_find_dataset_uses_kagglehub_when_online(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setattr(sources, "project_root", lambda: tmp_path / "project")
+    monkeypatch.setattr(sources, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    downloaded = _tiny_layout(tmp_path / "hub" / "chest_xray")
+    fake = types.SimpleNamespace(dataset_download=lambda handle: str(downloaded.parent))
+    monkeypatch.setitem(sys.modules, "kagglehub", fake)
+    monkeypatch.setattr(sources, "_network_answers", lambda *a, **k: True)
+    location = find_dataset()
+    assert location.source == "kagglehub" and not location.is_demo
+
+    def refuse(handle):
+        raise RuntimeError("401 Client Error: Unauthorized")
+
+    fake.dataset_download = refuse
+    with pytest.raises(DatasetError, match="KAGGLE_USERNAME"):
+        find_dataset()
+
+
+def test_find_dataset_falls_back_to_demo_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "project_root", lambda: tmp_path / "project")
+    monkeypatch.setattr(sources, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    monkeypatch.setattr(sources, "_network_answers", lambda *a, **k: False)
+    with pytest.warns(UserWarning, match="SYNTHETIC demo dataset"):
+        location = find_dataset(demo_images=60)
+    assert location.is_demo and location.source == "demo"
+    assert scan(location.root).images.shape[0] == 60
+
+
+def test_network_check_fails_fast_offline():
+    import time
+
+    start = time.perf_counter()
+    answered = sources._network_answers("127.0.0.1", 9, timeout=0.5)  # nothing listens there
+    assert not answered and time.perf_counter() - start < 2
+
+
+def test_colab_secrets_become_kaggle_credentials(monkeypatch):
+    import sys
+    import types
+
+    secrets = {"KAGGLE_USERNAME": "ada", "KAGGLE_KEY": "s3cret"}
+    userdata = types.SimpleNamespace(get=lambda name: secrets[name])
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("KAGGLE_KEY", "already-set")
+    sources._credentials_from_colab_secrets()
+    assert os.environ["KAGGLE_USERNAME"] == "ada"
+    assert os.environ["KAGGLE_KEY"] == "already-set"  # an existing variable wins
