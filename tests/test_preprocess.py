@@ -471,28 +471,6 @@ def test_draft_decode_matches_full_decode_on_real_xrays():
     assert np.mean(diffs) < 0.5 and max(diffs) < 1.5
 
 
-# --- the loader benchmark (smoke test on a few synthetic JPEGs) ------------------------------
-
-
-def test_bench_loader_cli(tmp_path, capsys):
-    from helpers.cli import main
-
-    for label in ("NORMAL", "PNEUMONIA"):
-        folder = tmp_path / "data" / "train" / label
-        folder.mkdir(parents=True)
-        for i in range(4):
-            img = Image.fromarray(gradient_image(180, 150, seed=i)).convert("RGB")
-            save(img, folder / f"IM-{i:04d}-0001.jpeg", quality=90)
-    assert (
-        main(["bench", "loader", "--data", str(tmp_path / "data"), "--image-size", "32", "--quick"])
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "8 images" in out and "speed-up" in out and "torchvision decode_jpeg" in out
-    assert main(["bench", "loader", "--data", str(tmp_path / "missing")]) == 2
-    assert "missing" in capsys.readouterr().err
-
-
 def test_robust_policy_is_seeded_and_widens_intensity():
     from helpers.preprocess import augment_policy, robust_perturbation
 
