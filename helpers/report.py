@@ -20,6 +20,7 @@ from sklearn.metrics import roc_curve
 from helpers.config import CLASSES
 from helpers.data import scan
 from helpers.files import atomic_write_text
+from helpers.images import load_gray
 from helpers.plots import (
     plot_class_balance,
     plot_confusion_pair,
@@ -28,7 +29,6 @@ from helpers.plots import (
     plot_roc,
     plot_size_histograms,
 )
-from helpers.images import load_gray
 from helpers.runs import read_history
 
 

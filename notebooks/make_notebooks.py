@@ -859,12 +859,11 @@ NB04 = dict(
     import pandas as pd
     import torch
 
-    from helpers.bench import estimate_cpu_schedule
     from helpers.config import CLASSES, config_from_env, outputs_dir
     from helpers.data import class_weights, find_dataset
     from helpers.notebooks import show_setup, uses_demo_data
     from helpers.plots import figures_dir, plot_history
-    from helpers.train import pick_device, prepare_data, read_history, train
+    from helpers.train import estimate_cpu_schedule, pick_device, prepare_data, read_history, train
     """,
     cells=[
         md(

@@ -1,30 +1,59 @@
-"""``bench train``: the CLI runs end to end on a tiny demo dataset and reports what it
-promises (both rates, their ratio, the engine's time split, peak memory). No speed is
-asserted here: speed targets belong to ``benchmarks/README.md``, not to tests."""
+"""The benchmarks (``benchmarks/``, run as ``python -m helpers bench ...``): the CLI runs them
+end to end on tiny datasets and reports what they promise (rates, their ratio, the engine's
+time split, peak memory). No speed is asserted here: speed targets belong to
+``benchmarks/README.md``, not to tests."""
 
 from __future__ import annotations
 
+import argparse
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from helpers import bench
-from helpers.cli import main
+from benchmarks import train as bench_train_module
+from benchmarks.variants import TRAIN_COMPARISONS, engine_module
+from benchmarks.worker import run_interleaved
+from helpers import config
+from helpers.cli import build_parser, main
 from helpers.demo import make_demo_dataset
+from helpers.fold import FrozenFeatures
+from helpers.model import PneumoniaNet
+
+
+def test_bench_loader_cli_quick_reports_rates_and_ratio(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for label in ("NORMAL", "PNEUMONIA"):
+        folder = tmp_path / "data" / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (150, 180), dtype=np.uint8)
+            Image.fromarray(pixels).convert("RGB").save(folder / f"IM-{i:04d}-0001.jpeg")
+    args = ["bench", "loader", "--data", str(tmp_path / "data"), "--image-size", "32", "--quick"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "8 images" in out and "torchvision decode_jpeg" in out
+    rates = re.findall(r"^\s+(naive|cache) .*?([\d.]+) img/s$", out, flags=re.M)
+    assert [name for name, _ in rates] == ["naive", "cache"]
+    assert all(float(rate) > 0 for _, rate in rates)
+    assert re.search(r"speed-up: [\d.]+x", out)
+    assert main(["bench", "loader", "--data", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
 
 
 def test_bench_train_cli_quick_reports_rates_ratio_and_split(tmp_path, capsys, monkeypatch):
     root = make_demo_dataset(tmp_path / "demo", n_images=60, seed=3)
     returned = {}
-    original = bench.bench_train
+    original = bench_train_module.bench_train
 
     def recording(*args, **kwargs):
         returned.update(original(*args, **kwargs))
         return returned
 
-    monkeypatch.setattr(bench, "bench_train", recording)
+    monkeypatch.setattr(bench_train_module, "bench_train", recording)
     args = ["bench", "train", "--data", str(root), "--image-size", "64", "--quick"]
-    code = main([*args, "--device", "cpu"])
+    code = main([*args, "--device", "cpu", "--compare", "unfolded-bn"])
     out = capsys.readouterr().out
     assert code == 0, out
 
@@ -34,6 +63,7 @@ def test_bench_train_cli_quick_reports_rates_ratio_and_split(tmp_path, capsys, m
     split = re.search(r"engine time split: (\d+)% model .*, (\d+)% waiting for batches", out)
     assert split and int(split[1]) + int(split[2]) in (99, 100, 101)
     assert "60 images" in out and "64x64" in out and "frozen-random" in out
+    assert re.search(r"BatchNorm not folded .* [\d.]+ img/s .* [\d.]+x the engine", out)
 
     # The returned figures: the documented keys, positive and consistent with the print.
     positive = [
@@ -46,6 +76,7 @@ def test_bench_train_cli_quick_reports_rates_ratio_and_split(tmp_path, capsys, m
     assert returned["device"] == "cpu" and returned["engine_peak_gpu_mb"] is None
     assert returned["repeats"] == 2 and len(returned["pair_speedups"]) == 2
     assert 0 < returned["engine_data_fraction"] < 1 and 0 < returned["naive_data_fraction"] < 1
+    assert len(returned["compare"]["unfolded-bn"]["pair_ratios"]) == 2
     # Each variant's peak is its own process's, above what importing torch alone takes.
     assert returned["engine_peak_rss_mb"] > returned["import_rss_mb"]
     assert returned["naive_peak_rss_mb"] > returned["import_rss_mb"]
@@ -58,17 +89,49 @@ def test_bench_train_refuses_bad_settings_before_starting_anything(tmp_path, cap
     assert "multiple of 32" in capsys.readouterr().err
     assert main(["bench", "train", "--data", str(tmp_path / "nothing-here"), "--quick"]) == 2
     assert "nothing-here" in capsys.readouterr().err
+    assert main(["bench", "train", "--data", str(root), "--compare", "no-such-variant"]) == 2
+    assert "unknown comparison ['no-such-variant']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="pretrained"):
-        bench.bench_train(root, pretrained="imagenet-ish")
+        bench_train_module.bench_train(root, pretrained="imagenet-ish")
 
 
 def test_a_failing_worker_is_reported_with_its_variant_and_traceback():
     with pytest.raises(RuntimeError, match=r"the broken worker failed:(.|\n)*KeyError"):
-        bench.run_interleaved({"broken": {"kind": "engine"}}, {}, repeats=1)
+        run_interleaved({"broken": {"kind": "engine"}}, {}, repeats=1)
+
+
+def test_bench_without_a_checkout_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """A pip install from git (Colab) has no benchmarks/ folder: say where they live."""
+    monkeypatch.setattr(config, "project_root", lambda: tmp_path)
+    for which in ("loader", "train"):
+        assert main(["bench", which, "--data", str(tmp_path), "--quick"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ")
+        assert "repository's benchmarks/ folder" in err and "clone" in err
+
+
+def test_compare_help_names_every_variant():
+    """The CLI cannot import benchmarks/ to build its parser, so its help lists them itself."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bench = commands.choices["bench"]
+    help_text = next(a.help for a in bench._actions if a.dest == "compare")
+    for name in TRAIN_COMPARISONS:
+        assert name in help_text
+
+
+def test_comparison_variants_differ_from_the_engine_in_one_step():
+    model = PneumoniaNet(frozen=True).eval()
+    folded, plain, autograd = (engine_module(model, p) for p in ("folded", "plain", "autograd"))
+    assert plain is model  # unfolded-bn: the model itself, BatchNorm and all
+    assert type(folded[0]) is FrozenFeatures and type(autograd[0]) is not FrozenFeatures
+    assert isinstance(autograd[0], FrozenFeatures)  # kept in eval mode, but no no_grad
+    assert folded[2] is model.head and autograd[2] is model.head  # shared, trained in place
 
 
 def test_cpu_schedule_estimate_scales_with_work():
-    from helpers.bench import CPU_TRAINING_RATES, estimate_cpu_schedule
+    """The run-time estimate built on ``bench train``'s measured rates (now in helpers.train)."""
+    from helpers.train import CPU_TRAINING_RATES, estimate_cpu_schedule
 
     frozen = estimate_cpu_schedule(1910, 0, frozen=True, epochs=10)
     assert frozen["seconds_per_epoch"] == pytest.approx(1910 / CPU_TRAINING_RATES["frozen"])
