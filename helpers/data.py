@@ -196,18 +196,19 @@ def read_header(path: Path) -> tuple[int, int, str, str]:
         raise ValueError("empty file (0 bytes)")
     try:
         with Image.open(path) as img:
-            (width, height), mode, fmt = oriented_size(img), img.mode, img.format or "?"
+            width, height, mode, fmt = img.width, img.height, img.mode, img.format or "?"
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (decompression-bomb guard)"
+                )
+            width, height = oriented_size(img)
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can read") from None
     except Image.DecompressionBombError as err:
         raise ValueError(f"too large to be safe ({err})") from None
     except OSError as err:
         raise ValueError(f"unreadable image header ({err})") from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(
-            f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (decompression-bomb guard)"
-        )
     if not _complete_file(path, fmt):
         raise ValueError(f"truncated {fmt} file (no end-of-image marker)")
     return width, height, mode, fmt

@@ -46,9 +46,11 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of ``image`` once its EXIF orientation is applied (header only:
     no pixel is decoded). A phone photo stored sideways reports its upright size."""
     width, height = image.size
-    if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-        return height, width
-    return width, height
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # an unreadable EXIF block only means no known orientation
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def to_gray(image: Image.Image) -> Image.Image:

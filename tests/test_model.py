@@ -11,10 +11,13 @@ from torch import nn
 
 from helpers import cli
 from helpers.config import Config
+from helpers.fold import with_folded_prefix
 from helpers.model import (
     PneumoniaNet,
     WeightsUnavailableError,
+    architecture_table,
     build_model,
+    count_mult_adds,
     count_parameters,
     imagenet_weights,
     model_summary,
@@ -212,37 +215,102 @@ def test_bad_weight_files_and_arguments_raise_clear_errors(torch_home) -> None:
         build_model("imagenet1k")
 
 
-def test_folded_batchnorm_prefix_gives_the_same_outputs():
-    """The frozen prefix runs with BatchNorm folded into its convolutions: same function."""
-    torch.manual_seed(0)
-    model = PneumoniaNet(frozen=True)
-    for module in model.modules():  # non-trivial statistics, as ImageNet weights have
+def _with_statistics(model: PneumoniaNet) -> PneumoniaNet:
+    """Non-trivial BatchNorm statistics, as ImageNet weights have."""
+    for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    return model
+
+
+def test_folded_prefix_computes_the_same_function():
+    """The engine's view folds the frozen prefix's BatchNorm into its convolutions: the same
+    outputs in eval and in train mode, and the model itself is untouched."""
+    torch.manual_seed(0)
+    model = _with_statistics(PneumoniaNet(frozen=True))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = with_folded_prefix(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast[0].modules())
     x = torch.randn(2, 3, 64, 64)
-    fused = model(x)
-    assert model._fused is not None
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.fused_prefix().modules())
-    model.fuse_frozen_bn = False
-    plain = model(x)
-    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
-    # the folded copy is not part of the model's parameters or state
+    for mode in (False, True):
+        model.train(mode)
+        fast.train(mode)
+        assert not fast[0].training and fast[1].training == mode  # the prefix stays in eval
+        torch.manual_seed(1)
+        plain = model(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(fast(x), plain, atol=2e-4, rtol=1e-3)  # float rounding
     assert count_parameters(model)["total"] == 928_162
-    assert not any(k.startswith("_fused") for k in model.state_dict())
+    after = model.state_dict()
+    assert list(after) == list(state)  # no folded copy in the model's state
+    prefix = [k for k in state if int(k.split(".")[1]) < model.n_frozen and k.startswith("feat")]
+    assert prefix and all(torch.equal(state[k], after[k]) for k in prefix)
 
 
-def test_folded_prefix_follows_new_weights():
-    """Loading weights drops the folded copy, so it never serves stale weights."""
-    torch.manual_seed(1)
-    model = PneumoniaNet(frozen=True).eval()
-    x = torch.randn(1, 3, 64, 64)
-    before = model.frozen_features(x)
-    other = PneumoniaNet(frozen=True).eval()
-    model.load_state_dict(other.state_dict())
-    assert model._fused is None
-    torch.testing.assert_close(model.frozen_features(x), other.frozen_features(x))
-    assert not torch.allclose(before, model.frozen_features(x))
-    model.to(torch.float64)
-    assert model._fused is None
+def test_training_through_the_folded_view_trains_the_model():
+    """The view shares the trainable blocks and head with the model: a step through it moves
+    the model's own weights, with the gradients the plain model would get."""
+    torch.manual_seed(2)
+    model = _with_statistics(PneumoniaNet(frozen=True)).eval()
+    twin = PneumoniaNet(frozen=True).eval()
+    twin.load_state_dict(model.state_dict())
+    fast = with_folded_prefix(model).eval()
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 1, 0])
+    nn.functional.cross_entropy(fast(x), y).backward()
+    nn.functional.cross_entropy(twin(x), y).backward()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        if b.grad is None:
+            assert a.grad is None, name
+        else:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+    assert {id(p) for p in fast.parameters() if p.requires_grad} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
+    assert with_folded_prefix(PneumoniaNet(frozen=False)) is not None
+    unfrozen = PneumoniaNet(frozen=False)
+    assert with_folded_prefix(unfrozen) is unfrozen  # nothing frozen, nothing to fold
+
+
+def test_trainable_blocks_is_one_number():
+    """Unfreezing more blocks is one value of the config, and the optimiser sees them."""
+    two = PneumoniaNet(frozen=True)
+    four = PneumoniaNet(frozen=True, trainable_blocks=Config(trainable_blocks=4).trainable_blocks)
+    assert (two.n_frozen, four.n_frozen) == (11, 9)
+    assert count_parameters(four)["trainable"] > count_parameters(two)["trainable"]
+    trainable = {n.split(".")[0] for n, p in four.features.named_parameters() if p.requires_grad}
+    assert trainable == {"9", "10", "11", "12"}
+    groups = parameter_groups(four, Config(trainable_blocks=4))
+    assert (
+        sum(p.numel() for g in groups for p in g["params"]) == count_parameters(four)["trainable"]
+    )
+    with pytest.raises(ValueError, match="trainable_blocks"):
+        PneumoniaNet(trainable_blocks=0)
+
+
+def test_architecture_table_is_torchvisions_network():
+    table = architecture_table(256)
+    assert len(table) == 13  # one row per features block
+    assert table["out"].tolist() == [m.out_channels for m in _convs_out(PneumoniaNet())]
+    assert table.iloc[0]["input"] == "256² x 3" and table.iloc[-1]["out"] == 576
+    assert table["stride"].tolist().count(2) == 5  # 256 / 2**5 = 8
+    assert table.iloc[-2]["input"] == "8² x 96"
+
+
+def _convs_out(model: PneumoniaNet) -> list[nn.Conv2d]:
+    """The last convolution of every features block (its output channels)."""
+    return [
+        [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1] for block in model.features
+    ]
+
+
+def test_mult_adds_counted_by_hand_agree_with_torchinfo():
+    """About 71.6 M multiply-adds per 256x256 image: torchinfo and a layer-by-layer count."""
+    import torchinfo
+
+    model = PneumoniaNet(frozen=True)
+    by_hand = count_mult_adds(model, 256)
+    stats = torchinfo.summary(model, input_size=(1, 3, 256, 256), verbose=0)
+    assert by_hand == pytest.approx(71.56e6, rel=1e-3)
+    assert stats.total_mult_adds == pytest.approx(by_hand, rel=1e-3)
+    assert count_mult_adds(model, 128) == pytest.approx(by_hand / 4, rel=0.03)

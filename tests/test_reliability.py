@@ -6,25 +6,19 @@ Every case here is a row of ``docs/reliability.md``; the other rows point at the
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import struct
 import zlib
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from helpers import cli, files
-from helpers.config import Config
 from helpers.data import scan
 from helpers.demo import make_demo_dataset
-from helpers.evaluate import evaluate_run
-from helpers.train import RunError, load_model_from_run, save_checkpoint, train
-
-TINY = Config().quick_mode().replace(pretrained="none", image_size=32, epochs=2, subset=120)
+from helpers.runs import RunError, load_model_from_run, save_checkpoint
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
@@ -37,21 +31,6 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("rel"), n_images=200, seed=5)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(small_demo, tmp_path_factory):
-    """A 2-epoch run at 32 px and its outputs folder, trained once for the module."""
-    outputs = tmp_path_factory.mktemp("outputs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-        run = train(TINY, tmp_path_factory.mktemp("runs") / "a", small_demo, progress=False)
-    return run.run_dir, outputs
 
 
 def test_decompression_bomb_is_a_scan_problem(tmp_path):
@@ -91,35 +70,8 @@ def test_crash_while_writing_a_checkpoint_keeps_the_old_file(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
 
 
-def test_resume_ignores_a_leftover_temporary_file(tiny_run, small_demo, tmp_path, monkeypatch):
-    """A kill during a checkpoint write leaves a temporary file; resuming ignores it."""
-    run_dir, outputs = tiny_run
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-    cut = tmp_path / "cut"
-    train(TINY, cut, small_demo, progress=False, stop_after=1)
-    (cut / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
-    resumed = train(TINY, cut, small_demo, progress=False, resume=True)
-    straight = pd.read_csv(run_dir / "history.csv")
-    pd.testing.assert_frame_equal(
-        resumed.history.drop(columns="seconds"), straight.drop(columns="seconds")
-    )
-
-
-def test_same_seed_same_metrics(tiny_run, small_demo, tmp_path, monkeypatch):
-    """Same command twice on CPU: identical history (but for seconds) and metrics files."""
-    run_dir, outputs = tiny_run
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-    again = train(TINY, tmp_path / "b", small_demo, progress=False).run_dir
-    first = evaluate_run(run_dir, progress=False, n_resamples=200)
-    second = evaluate_run(again, progress=False, n_resamples=200)
-    assert first == second
-    assert json.loads((run_dir / "metrics-test.json").read_text()) == json.loads(
-        (again / "metrics-test.json").read_text()
-    )
-
-
-def test_checkpoint_that_does_not_fit_is_refused_whole(tiny_run, tmp_path):
-    run_dir, _ = tiny_run
+def test_checkpoint_that_does_not_fit_is_refused_whole(quick_run, tmp_path):
+    run_dir = quick_run.run_dir
     state = torch.load(run_dir / "best.pt", weights_only=True)
     state["model"]["head.3.weight"] = torch.zeros(3, 576)  # a 3-class head
     os.makedirs(tmp_path / "bad")
@@ -128,19 +80,11 @@ def test_checkpoint_that_does_not_fit_is_refused_whole(tiny_run, tmp_path):
         load_model_from_run(tmp_path / "bad")
 
 
-def test_gpu_checkpoint_loads_on_cpu(tiny_run):
+def test_gpu_checkpoint_loads_on_cpu(quick_run):
     """``map_location``: a checkpoint is always loadable on a CPU-only machine."""
-    run_dir, _ = tiny_run
-    model, config, state = load_model_from_run(run_dir, device="cpu")
+    model, config, state = load_model_from_run(quick_run.run_dir, device="cpu")
     assert next(model.parameters()).device.type == "cpu"
-    assert state["image_size"] == config.image_size == 32
-
-
-def test_resume_refuses_another_image_size(tiny_run, small_demo, monkeypatch):
-    run_dir, outputs = tiny_run
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-    with pytest.raises(RunError, match="image_size"):
-        train(TINY.replace(image_size=64), run_dir, small_demo, progress=False, resume=True)
+    assert state["image_size"] == config.image_size == 64
 
 
 def test_cli_evaluate_with_a_foreign_checkpoint(tmp_path, capsys):

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from conftest import copy_run
 from PIL import Image
 
 from helpers import cli
-from helpers.config import Config
 from helpers.evaluate import evaluate_run
-from helpers.train import train
 
 
-def test_figures_from_an_evaluated_run(demo_root, tmp_path, capsys):
-    config = Config().quick_mode().replace(pretrained="none", image_size=32, epochs=2, subset=120)
-    run = train(config, tmp_path / "run", demo_root, progress=False).run_dir
+def test_figures_from_an_evaluated_run(
+    quick_run, session_outputs, demo_root, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    run = copy_run(quick_run.run_dir, tmp_path / "run")
     evaluate_run(run, progress=False, n_resamples=100)
     out = tmp_path / "figures"
     argv = ["figures", "--eda-data", str(demo_root), "--samples-data", str(demo_root)]
