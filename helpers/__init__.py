@@ -1,13 +1,15 @@
 """Shared code for the pneumonia-tutorial notebooks and the ``python -m helpers`` command line.
 
-Each module owns one concern: ``config`` (the recipe), ``data`` (finding and scanning the
-dataset, patient-grouped splits), ``demo`` (the synthetic demo dataset), ``preprocess``
-(decode-once cache, transforms, batch augmentation), ``model`` (PneumoniaNet), ``train``
-(the training engine), ``evaluate`` (metrics, thresholds, Grad-CAM), ``plots`` (every
-figure) and ``cli`` (the command line).
+One module per concern; ``docs/architecture.md`` is the map. Importing the package first
+gives torch the machine's idle cores (:mod:`helpers.cpu`), so the command line and the
+notebooks' setup cell import it before torch.
 """
 
-from helpers.config import CLASSES, Config, config_from_env
+from helpers.cpu import use_idle_cores
+
+use_idle_cores()
+
+from helpers.config import CLASSES, Config, config_from_env  # noqa: E402
 
 __all__ = ["CLASSES", "Config", "config_from_env"]
 __version__ = "0.1.0"

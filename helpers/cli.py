@@ -168,7 +168,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = args.out or Path(args.run) / EXPORT_NAMES[args.format]
     try:
         model, config, _ = load_model_from_run(args.run, "best.pt", device="cpu")
-        path = export_model(model, out, fmt=args.format, image_size=config.image_size)
+        path = export_model(
+            model, out, fmt=args.format, image_size=config.image_size, intensity=config.intensity
+        )
     except (RunError, ExportError, ValueError) as err:
         raise CliError(str(err)) from err
     print(f"{args.format} model written to {path}")
@@ -249,6 +251,24 @@ def cmd_figures(args: argparse.Namespace) -> int:
     made = make_figures(args.eda_data, args.samples_data, args.run, args.out, split=args.split)
     for name, source in made.items():
         print(f"{args.out / name}: {source}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Score evaluated runs on the test split and its halves; write docs/results.md's tables."""
+    from helpers.results import score_run, write_results
+    from helpers.runs import RunError
+
+    scores = []
+    try:
+        for run in args.runs:
+            scores.append(score_run(run, args.data_label))
+            if (run / "predictions-test-tta.csv").is_file():
+                scores.append(score_run(run, args.data_label, tta=True))
+        write_results(scores, args.out)
+    except (RunError, ValueError) as err:
+        raise CliError(str(err)) from err
+    print(f"{len(scores)} scorings of {len(args.runs)} runs written to {args.out}")
     return 0
 
 
@@ -372,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("results", help="every evaluated run on the test split and its halves")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="evaluated run folders")
+    p.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    p.add_argument(
+        "--data-label", default="../shared/data/kermany-224", help="data folder in the commands"
+    )
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("figures", help="regenerate the README's figures (docs/figures)")
     p.add_argument("--eda-data", type=Path, required=True, help="dataset for the class balance")

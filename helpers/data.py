@@ -357,12 +357,13 @@ def test_halves(test: pd.DataFrame, seed: int = TEST_HALVES_SEED) -> dict[str, p
     on data that shows the shift between the training and the test images (an augmentation
     policy, an intensity normalisation). Such choices look at the ``choose`` half only; the
     ``report`` half stays untouched and gives the honest number. The halves are stratified by
-    class and keep every patient on one side; ``seed`` is a constant of the project, so the
-    halves are the same for every run and every reader.
+    class and keep every patient on one side; ``seed`` is a constant of the project and the
+    rows are sorted by path first, so the halves are the same for every run and every reader.
+    ``test`` needs the columns ``path``, ``target`` and ``patient``.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    table = test.reset_index(drop=True)
+    table = test.sort_values("path").reset_index(drop=True)  # the same halves in any order
     folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
     choose, report = next(folds.split(table, table["target"], groups=table["patient"]))
     return {"choose": table.iloc[choose], "report": table.iloc[report]}

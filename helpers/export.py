@@ -1,7 +1,7 @@
 """Export a trained PneumoniaNet for use without this package: TorchScript or ONNX.
 
 Both formats take what the model takes, a normalised float batch ``(B, 3, S, S)`` (ImageNet
-mean/std, see :mod:`helpers.preprocess`), and return logits ``(B, 2)``; P(pneumonia) is
+mean/std, see :func:`helpers.augment.normalize_batch`), and return logits ``(B, 2)``; P(pneumonia) is
 ``softmax(logits)[:, 1]``. The batch size is free; the image size is fixed at export time.
 The preprocessing facts a user needs (image size, classes, mean, std) travel inside the file
 as metadata (a ``pneumonia.json`` extra file in TorchScript, a ``pneumonia`` metadata
@@ -43,11 +43,12 @@ class ExportError(RuntimeError):
     """An export or a load of an exported model could not be done (the message says why)."""
 
 
-def _metadata(model: nn.Module, fmt: str, image_size: int) -> dict[str, Any]:
+def _metadata(model: nn.Module, fmt: str, image_size: int, intensity: str) -> dict[str, Any]:
     """What a user of the exported file needs to feed it correctly."""
     return {
         "format": fmt,
         "image_size": image_size,
+        "intensity": intensity,
         "input": f"float32 (B, 3, {image_size}, {image_size}), normalised with mean/std",
         "output": "logits (B, 2); softmax(logits)[:, 1] = P(PNEUMONIA)",
         "classes": list(CLASSES),
@@ -92,12 +93,18 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, meta: dict)
 
 
 def export_model(
-    model: nn.Module, out_path: str | Path, fmt: str = "torchscript", image_size: int = 256
+    model: nn.Module,
+    out_path: str | Path,
+    fmt: str = "torchscript",
+    image_size: int = 256,
+    intensity: str = "none",
 ) -> Path:
     """Write ``model`` (in eval mode, on CPU) to ``out_path`` as ``fmt``; return the path.
 
     The model passed in is not changed (a CPU copy is exported). ``image_size`` fixes the
-    input's height and width; the batch size stays free.
+    input's height and width; the batch size stays free. ``intensity`` (the run's per-image
+    normalisation, :func:`helpers.images.normalize_intensity`) is recorded in the metadata,
+    since a user must apply it before normalising.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -106,12 +113,10 @@ def export_model(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     eval_model = copy.deepcopy(model).cpu().eval()
-    # Export the model's own layers; ONNX Runtime and TorchScript fold BatchNorm themselves.
-    eval_model.fuse_frozen_bn = False
     # Batch 2, not 1: torch.export treats a size-1 dimension as a constant, and the
     # batch axis must stay free in the ONNX graph.
     example = torch.zeros(2, 3, image_size, image_size)
-    meta = _metadata(model, fmt, image_size)
+    meta = _metadata(model, fmt, image_size, intensity)
     with atomic_path(out) as tmp:
         if fmt == "torchscript":
             _export_torchscript(eval_model, example, tmp, meta)

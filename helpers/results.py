@@ -1,0 +1,238 @@
+"""Every run scored on the official test split, in one table: ``docs/results.md``.
+
+``python -m helpers results RUN [RUN ...] --out docs/results.md`` reads each evaluated run
+folder (``config.json``, ``history.csv``, ``metrics-test[-tta].json`` and
+``predictions-test[-tta].csv`` written by ``python -m helpers train`` and ``evaluate``) and
+writes one row per run and scoring: its recipe, seed, epochs, wall time, the command that
+trained it, and its metrics on
+
+* the full official test split (624 images on the real data),
+* the ``choose`` half (patient-grouped, :func:`helpers.data.test_halves`): the only test images
+  any choice may look at,
+* the ``report`` half: never looked at for a choice, so its numbers are the honest ones,
+
+each at the article's 0.5 threshold, at the threshold chosen on the run's validation split, and
+at the threshold chosen on the choose half (Youden's J), with patient-cluster bootstrap
+intervals. Nothing is left out: a run that is worse is reported like the others.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from helpers.config import Config
+from helpers.data import test_halves
+from helpers.evaluate import HEADLINE_THRESHOLD
+from helpers.metrics import bootstrap_ci, compute_metrics, youden_threshold
+from helpers.runs import RunError, read_history, read_run_config
+
+CLI_FLAGS: dict[str, str] = {
+    "image_size": "--image-size",
+    "pretrained": "--pretrained",
+    "seed": "--seed",
+    "augment": "--augment",
+    "intensity": "--intensity",
+    "label_smoothing": "--label-smoothing",
+    "ema_decay": "--ema-decay",
+    "patience": "--patience",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+}
+"""Config fields the ``train`` command line can set, and their flags."""
+
+RULES = ("0.5", "validation", "choose half")
+"""The three threshold rules every row is scored at."""
+
+
+@dataclass
+class RunScore:
+    """One run's scores on the test split (a row of the results table)."""
+
+    name: str
+    recipe: str
+    seed: int
+    tta: bool
+    epochs: int
+    best_epoch: int
+    wall_s: float
+    command: str
+    thresholds: dict[str, float]
+    subsets: dict[str, dict[str, dict[str, Any]]]  # subset -> rule -> metrics
+
+
+def train_command(config: dict[str, Any], run_name: str, data: str) -> str:
+    """The ``train`` command that reproduces a run: every flag whose value is not the default."""
+    default = Config().to_dict()
+    flags = [f"--data {data}", f"--out outputs/runs/{run_name}"]
+    for field, flag in CLI_FLAGS.items():
+        if field in ("pretrained", "image_size", "seed") or config.get(field) != default[field]:
+            flags.append(f"{flag} {config[field]}")
+    return "python -m helpers train " + " ".join(flags)
+
+
+def recipe_name(config: dict[str, Any]) -> str:
+    """A short description of what differs from the default recipe, e.g. ``128 px, clahe``."""
+    default = Config().to_dict()
+    parts = [f"{config['image_size']} px", f"weights {config['pretrained']}"]
+    for field in ("augment", "intensity", "label_smoothing", "ema_decay", "patience"):
+        if config.get(field) != default[field] or field == "augment":
+            parts.append(f"{field} {config[field]}")
+    return ", ".join(parts)
+
+
+def _scores(y, p, patients, threshold: float, seed: int) -> dict[str, Any]:
+    """Point metrics at ``threshold`` and patient-bootstrap intervals of the main ones."""
+    point = compute_metrics(y, p, threshold)
+    ci = bootstrap_ci(y, p, threshold, groups=patients, n_resamples=1000, seed=seed)
+    keys = ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
+    return {key: point[key] for key in keys} | {
+        "threshold": threshold,
+        "ci95": {k: ci[k] for k in keys},
+    }
+
+
+def score_run(run_dir: str | Path, data_label: str, tta: bool = False) -> RunScore:
+    """Score one evaluated run on the full test split and on its two halves."""
+    run_dir = Path(run_dir)
+    name = "test-tta" if tta else "test"
+    predictions_path = run_dir / f"predictions-{name}.csv"
+    metrics_path = run_dir / f"metrics-{name}.json"
+    if not predictions_path.is_file() or not metrics_path.is_file():
+        flag = " --tta" if tta else ""
+        raise RunError(
+            f"{run_dir}: not evaluated on test (run `python -m helpers evaluate --run {run_dir}{flag}`)"
+        )
+    predictions = pd.read_csv(predictions_path)
+    metrics = json.loads(metrics_path.read_text())
+    record = read_run_config(run_dir)
+    config = Config.from_dict(record["config"]).to_dict()
+    history = read_history(run_dir)
+    halves = test_halves(predictions)
+    thresholds = {
+        "0.5": HEADLINE_THRESHOLD,
+        "validation": metrics["val_threshold"]["threshold"],
+        "choose half": youden_threshold(
+            halves["choose"]["target"], halves["choose"]["p_pneumonia"]
+        ),
+    }
+    subsets = {}
+    for subset, table in (("full", predictions), *halves.items()):
+        y, p, patients = (
+            table["target"].to_numpy(),
+            table["p_pneumonia"].to_numpy(),
+            table["patient"].to_numpy(),
+        )
+        subsets[subset] = {
+            rule: _scores(y, p, patients, t, config["seed"]) for rule, t in thresholds.items()
+        }
+    return RunScore(
+        name=run_dir.name,
+        recipe=recipe_name(config),
+        seed=config["seed"],
+        tta=tta,
+        epochs=len(history),
+        best_epoch=int(history.loc[history["val_loss"].idxmin(), "epoch"]),
+        wall_s=float(history["seconds"].sum()),
+        command=train_command(config, run_dir.name, data_label),
+        thresholds=thresholds,
+        subsets=subsets,
+    )
+
+
+def _cell(metrics: dict[str, Any], key: str) -> str:
+    """``0.862 (0.832-0.891)``: a value and its 95% interval."""
+    value, ci = metrics[key], metrics["ci95"][key]
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{value:.3f}"
+
+
+def summary_table(scores: list[RunScore], subset: str, rule: str) -> str:
+    """One line per run: the five headline metrics on ``subset`` at threshold ``rule``."""
+    lines = [
+        "| run | recipe | seed | scoring | threshold | accuracy | weighted F1 | sensitivity | specificity | AUROC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in scores:
+        m = s.subsets[subset][rule]
+        cells = [
+            _cell(m, k)
+            for k in ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
+        ]
+        scoring = "flip TTA" if s.tta else "plain"
+        lines.append(
+            f"| `{s.name}` | {s.recipe} | {s.seed} | {scoring} | {m['threshold']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def run_section(s: RunScore) -> str:
+    """Everything measured for one run: command, epochs, time, 3 subsets x 3 threshold rules."""
+    scoring = "each image averaged with its mirror image (flip TTA)" if s.tta else "plain"
+    lines = [
+        f"### `{s.name}`{' (TTA)' if s.tta else ''}",
+        "",
+        f"{s.recipe}; seed {s.seed}; {s.epochs} epochs (best {s.best_epoch}), "
+        f"{s.wall_s / 60:.0f} min of training; scoring: {scoring}.",
+        "",
+        f"`{s.command}`",
+        "",
+        "| test images | threshold rule | threshold | accuracy | weighted F1 | sensitivity | specificity | AUROC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for subset, by_rule in s.subsets.items():
+        for rule, m in by_rule.items():
+            cells = [
+                _cell(m, k)
+                for k in ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
+            ]
+            lines.append(
+                f"| {subset} | {rule} | {m['threshold']:.3f} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
+
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def write_results(scores: list[RunScore], path: str | Path) -> None:
+    """Replace the generated part of ``path`` (between :data:`START` and :data:`END`)."""
+    from helpers.files import atomic_write_text
+
+    path = Path(path)
+    text = path.read_text() if path.is_file() else f"{START}\n{END}\n"
+    if START not in text or END not in text:
+        raise ValueError(f"{path}: no {START} ... {END} markers to write between")
+    body = [
+        "## Summary: the choose half at 0.5 (what choices were made on)",
+        "",
+        summary_table(scores, "choose", "0.5"),
+        "",
+        "## Summary: the report half (never looked at for a choice)",
+        "",
+        "At 0.5:",
+        "",
+        summary_table(scores, "report", "0.5"),
+        "",
+        "At the threshold chosen on the choose half:",
+        "",
+        summary_table(scores, "report", "choose half"),
+        "",
+        "## Summary: the full official test split at 0.5",
+        "",
+        summary_table(scores, "full", "0.5"),
+        "",
+        "## Every run",
+        "",
+        *[run_section(s) + "\n" for s in scores],
+    ]
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    atomic_write_text(path, head + START + "\n" + "\n".join(body) + "\n" + END + tail)
