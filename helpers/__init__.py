@@ -12,4 +12,4 @@ use_idle_cores()
 from helpers.config import CLASSES, Config, config_from_env  # noqa: E402
 
 __all__ = ["CLASSES", "Config", "config_from_env"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

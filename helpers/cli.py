@@ -133,7 +133,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """One line per image: path, label, P(pneumonia); unreadable files named on stderr (exit 1)."""
+    """One line per image: path, label, P(pneumonia); unreadable files named on stderr (exit 1).
+
+    ``--gradcam DIR`` also writes each image with its Grad-CAM heatmap to ``DIR/<name>.png``.
+    """
     from helpers.evaluate import predict_images
     from helpers.runs import RunError, load_model_from_run
     from helpers.train import pick_device
@@ -143,17 +146,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model, config, _ = load_model_from_run(args.run, "best.pt", device=device)
     except RunError as err:
         raise CliError(str(err)) from err
-    failed = 0
     results = predict_images(
         model, args.images, config.image_size, device, intensity=config.intensity
     )
+    failed = 0
     for result in results:
         if result.error is not None:
             print(f"error: {result.path}: {result.error}", file=sys.stderr)
             failed += 1
         else:
             print(f"{result.path}  {result.label()}  P(pneumonia)={result.p_pneumonia:.3f}")
+    if args.gradcam is not None:
+        good = [Path(r.path) for r in results if r.error is None]
+        for path in _save_gradcams(model, good, config, args.gradcam):
+            print(f"Grad-CAM: {path}")
     return 1 if failed else 0
+
+
+def _save_gradcams(model, paths: list[Path], config, folder: Path) -> list[Path]:
+    """Each image blended with its Grad-CAM heatmap, as ``folder/<stem>-gradcam.png``."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from helpers.augment import normalize_batch
+    from helpers.explain import GradCAM, overlay
+    from helpers.files import atomic_path
+    from helpers.images import load_gray
+
+    written = []
+    for path in paths:
+        gray = load_gray(path, config.image_size, intensity=config.intensity)
+        x = normalize_batch(torch.from_numpy(gray)[None, None]).to(next(model.parameters()).device)
+        heatmap = GradCAM(model, model.features[-1])(x)[0].cpu().numpy()
+        rgb = (overlay(gray / 255.0, heatmap) * 255).astype(np.uint8)
+        out = Path(folder) / f"{path.stem}-gradcam.png"
+        with atomic_path(out) as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG")
+        written.append(out)
+    return written
 
 
 EXPORT_NAMES = {"torchscript": "model-torchscript.pt", "onnx": "model.onnx"}
@@ -162,7 +193,7 @@ EXPORT_NAMES = {"torchscript": "model-torchscript.pt", "onnx": "model.onnx"}
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's best model (CPU, its image size) as TorchScript or ONNX."""
-    from helpers.export import ExportError, export_model
+    from helpers.export import ExportError, compare_with_eager, export_model, load_exported
     from helpers.runs import RunError, load_model_from_run
 
     out = args.out or Path(args.run) / EXPORT_NAMES[args.format]
@@ -171,9 +202,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = export_model(
             model, out, fmt=args.format, image_size=config.image_size, intensity=config.intensity
         )
+        check = compare_with_eager(model, load_exported(path), config.image_size)
     except (RunError, ExportError, ValueError) as err:
         raise CliError(str(err)) from err
     print(f"{args.format} model written to {path}")
+    print(
+        f"checked against the eager model: max |difference in P(pneumonia)| "
+        f"{check['max_abs_diff']:.1e}; one image on this CPU: eager {check['eager_ms']:.1f} ms, "
+        f"{args.format} {check['exported_ms']:.1f} ms (median of 20)"
+    )
     return 0
 
 
@@ -384,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="P(pneumonia) for image files with a run's best model")
     p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--gradcam", type=Path, metavar="DIR", help="also save Grad-CAM overlays")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_predict)
 

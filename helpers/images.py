@@ -207,3 +207,40 @@ def load_gray(
         raise ImageError(path, f"truncated or corrupt image data ({err})") from err
     except ValueError as err:  # e.g. a mode Pillow cannot convert to grey
         raise ImageError(path, f"cannot convert to grayscale ({err})") from err
+
+
+MAX_DOWNLOAD_BYTES = 50_000_000
+"""Largest image :func:`fetch_image` downloads (a chest X-ray JPEG is a few megabytes)."""
+
+
+def fetch_image(source: str | Path, folder: str | Path) -> Path:
+    """A local path for ``source``: the file itself, or an ``http(s)://`` URL downloaded into
+    ``folder`` (written to a temporary name, renamed when complete).
+
+    Raises :class:`ImageError` naming the source when the file does not exist, the download
+    fails, or it is larger than :data:`MAX_DOWNLOAD_BYTES`. Nothing is decoded here: the file
+    is read by :func:`load_gray` like any other.
+    """
+    text = str(source)
+    if not text.startswith(("http://", "https://")):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ImageError(text, "no such file")
+        return path
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    from helpers.files import atomic_write_bytes
+
+    name = Path(urlparse(text).path).name or "downloaded-image"
+    target = Path(folder) / name
+    try:
+        with urllib.request.urlopen(text, timeout=30) as response:  # noqa: S310 (http(s) only)
+            payload = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise ImageError(text, f"download failed ({err})") from err
+    if len(payload) > MAX_DOWNLOAD_BYTES:
+        raise ImageError(text, f"larger than {MAX_DOWNLOAD_BYTES // 1_000_000} MB, not downloaded")
+    atomic_write_bytes(target, payload)
+    return target

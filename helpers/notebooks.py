@@ -129,6 +129,30 @@ def trained_run(config: Config, location: DatasetLocation) -> Path:
     return run_dir
 
 
+def ensure_packages(*modules: str, extra: str = "export") -> None:
+    """Make optional packages importable: install them on Colab or Kaggle, else say how.
+
+    ``modules`` are import names; ``extra`` is this project's optional-dependency group that
+    lists them (``pip install "pneumonia-tutorial[export]"`` on your own machine).
+    """
+    import importlib.util
+    import subprocess
+    import sys
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    on_cloud = os.path.isdir("/content") or "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+    if not on_cloud:
+        raise ModuleNotFoundError(
+            f'{", ".join(missing)} not installed: run pip install "pneumonia-tutorial[{extra}]" '
+            '(or pip install -e ".[dev]" in a clone), then restart the kernel'
+        )
+    command = [sys.executable, "-m", "pip", "install", "--quiet", *missing]
+    if subprocess.run(command, capture_output=True).returncode:
+        raise ModuleNotFoundError(f"could not install {', '.join(missing)}: is the internet on?")
+
+
 # --- running the series -------------------------------------------------------------------
 
 

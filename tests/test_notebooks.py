@@ -1,38 +1,47 @@
-"""The notebook series: stored clean, built by the generator, conventions kept, and runnable.
+"""The notebook series: stored clean, its conventions kept, its code equal to the package's.
 
-``pytest --nbmake`` executes every notebook (see ``pyproject.toml``); these tests check what it
-cannot: the stored files, the first cells' conventions, and ``run_notebooks`` itself (on one
-notebook and on a deliberately broken one, to stay fast).
+``pytest`` also executes every notebook (``notebooks/conftest.py``); these tests check what that
+cannot: the stored files, the shared cells, the endings every notebook owes its reader, that the
+model and the epoch written out in notebooks 03 and 04 are the package's, that notebook 05 reuses
+notebook 04's run through the outputs folder, and ``run_notebooks`` itself.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.util
-import json
+import importlib.metadata
 import os
 import re
-import socket
 import subprocess
 import sys
 import tomllib
+import types
+import urllib.error
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
+from conftest import copy_run
 
+from helpers import notebooks as notebooks_module
 from helpers.cli import main
-from helpers.data import DatasetLocation
-from helpers.notebooks import NOTEBOOKS, NotebookError, run_notebooks, uses_demo_data
+from helpers.config import Config
+from helpers.data import class_weights
+from helpers.loader import prepare_data
+from helpers.model import PneumoniaNet, build_model, parameter_groups
+from helpers.notebooks import NOTEBOOKS, NotebookError, run_notebooks
+from helpers.runs import notebook_run_dir
+from helpers.train import make_optimizer, run_epoch, use_scratch_batchnorm, weighted_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-MAX_FUNCTION_LINES = 5
+MAX_SETUP_LINES = 8
 
 
-def repository() -> str:
+def pyproject() -> dict:
     with (ROOT / "pyproject.toml").open("rb") as handle:
-        return tomllib.load(handle)["project"]["urls"]["Repository"].rstrip("/")
+        return tomllib.load(handle)["project"]
 
 
 def stored() -> dict[str, nbformat.NotebookNode]:
@@ -43,20 +52,19 @@ def code_cells(nb: nbformat.NotebookNode) -> list[str]:
     return [cell.source for cell in nb.cells if cell.cell_type == "code"]
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location(
-        "make_notebooks", NOTEBOOK_DIR / "make_notebooks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cell_defining(name: str, marker: str) -> str:
+    """The source of the one code cell of notebook ``name`` that contains ``marker``."""
+    found = [source for source in code_cells(stored()[name]) if marker in source]
+    assert len(found) == 1, f"{name}: {len(found)} cells contain {marker!r}"
+    return found[0]
 
 
 # --- the stored files ---------------------------------------------------------------------
 
 
-def test_the_five_notebooks_are_stored():
+def test_the_six_notebooks_are_stored_and_no_generator():
     assert sorted(stored()) == sorted(NOTEBOOKS)
+    assert not (NOTEBOOK_DIR / "make_notebooks.py").exists()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -70,158 +78,288 @@ def test_stored_without_outputs_or_execution_counts(name):
             assert cell.execution_count is None, f"{name} cell {index} has an execution count"
 
 
-def test_stored_notebooks_are_what_the_generator_writes():
-    generator = load_generator()
-    for name, nb in generator.build_all().items():
-        expected = json.loads(nbformat.writes(nb))
-        actual = json.loads((NOTEBOOK_DIR / name).read_text(encoding="utf-8"))
-        assert actual == expected, f"{name} differs: run python notebooks/make_notebooks.py"
-
-
-# --- conventions ----------------------------------------------------------------------------
+# --- the first cells ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_title_and_badges_point_at_the_repository(name):
+def test_title_what_you_will_learn_and_badges(name):
     first = stored()[name].cells[0]
-    assert first.cell_type == "markdown"
-    assert first.source.startswith("# "), "the first cell starts with a title"
-    github = repository().removeprefix("https://github.com/")
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    assert "**What you will learn**" in first.source
+    github = pyproject()["urls"]["Repository"].removeprefix("https://github.com/").rstrip("/")
     links = re.findall(r"\]\((https://[^)\s]+)\)", first.source)
-    colab = f"https://colab.research.google.com/github/{github}/blob/main/notebooks/{name}"
+    assert f"https://colab.research.google.com/github/{github}/blob/main/notebooks/{name}" in links
     kaggle = f"https://kaggle.com/kernels/welcome?src=https://github.com/{github}/blob/main/notebooks/{name}"
-    assert colab in links
     assert kaggle in links
 
 
-def _setup_if(tree: ast.Module) -> ast.If:
-    """The ``if`` statement whose body runs ``pip install``."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "pip" in ast.unparse(ast.Module(node.body, [])):
-            return node
-    raise AssertionError("no `if` around a pip install in the setup cell")
+def test_the_setup_cell_is_the_same_short_cell_everywhere():
+    setups = {name: nb.cells[1].source for name, nb in stored().items()}
+    assert len(set(setups.values())) == 1, "the setup cells differ"
+    setup = next(iter(setups.values()))
+    code = [line for line in setup.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(code) <= MAX_SETUP_LINES, f"{len(code)} lines of code in the setup cell"
+    assert "importlib.metadata" in setup and '"pneumonia-tutorial"' in setup  # by distribution
+    assert "find_spec" not in setup
+    version = pyproject()["version"]
+    assert f'{pyproject()["urls"]["Repository"]}@v{version}"' in setup.replace("git+", "")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_setup_cell_installs_only_on_colab_or_kaggle(name):
-    nb = stored()[name]
-    setup = nb.cells[1]
-    assert setup.cell_type == "code"
-    tree = ast.parse(setup.source)
-    constants = {
-        node.targets[0].id: ast.unparse(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-    }
-    assert constants["REPOSITORY"] == repr(repository())
-    assert constants["on_colab"] == "os.path.isdir('/content')"
-    assert constants["on_kaggle"] == "'KAGGLE_KERNEL_RUN_TYPE' in os.environ"
-    guard = ast.unparse(_setup_if(tree).test)
-    assert "find_spec('helpers') is None" in guard
-    assert "on_colab or on_kaggle" in guard
-    assert "f'git+{REPOSITORY}'" in ast.unparse(_setup_if(tree))
-
-
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_one_imports_cell_then_the_settings_cell(name):
-    cells = stored()[name].cells
-    imports = ast.parse(cells[2].source)
+def test_one_imports_cell_an_outputs_cell_and_the_quick_switch(name):
+    setup, imports_cell, outputs, settings, *_ = code_cells(stored()[name])
+    imports = ast.parse(imports_cell)
     assert imports.body and all(isinstance(s, ast.Import | ast.ImportFrom) for s in imports.body)
-    settings = cells[3].source
-    assert "config = config_from_env()" in settings
-    assert "find_dataset()" in settings
-    assert "show_setup(config, location)" in settings
-    later = "\n".join(code_cells(stored()[name])[3:])
-    assert not re.search(r"^\s*(import|from) \S+", later, re.MULTILINE), "imports after cell 2"
+    assert "KEEP_OUTPUTS = False" in outputs and "keep_outputs()" in outputs
+    assert re.search(r"^QUICK = (False|True)\b", settings, re.MULTILINE)
+    assert "config = config_from_env(quick=QUICK)" in settings
+    assert "find_dataset()" in settings and "show_setup(config, location)" in settings
+    for source in code_cells(stored()[name])[3:]:  # no top-level import after the imports cell
+        statements = ast.parse(source).body
+        assert not any(isinstance(s, ast.Import | ast.ImportFrom) for s in statements), source
+
+
+def _numbered_items(text: str) -> list[str]:
+    return re.findall(r"^\d+\. ", text, re.MULTILINE)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_no_long_functions_in_notebooks(name):
-    for source in code_cells(stored()[name]):
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-                length = node.end_lineno - node.lineno + 1
-                assert length <= MAX_FUNCTION_LINES, f"{name}: a {length}-line function"
+def test_every_notebook_ends_with_recap_exercises_and_questions(name):
+    markdown = "\n".join(c.source for c in stored()[name].cells if c.cell_type == "markdown")
+    assert "## Recap" in markdown
+    exercises = markdown.split("## Try it yourself", 1)[1].split("## Check your understanding", 1)
+    assert 3 <= len(_numbered_items(exercises[0])) <= 6
+    questions, answers = exercises[1].split("<details>", 1)
+    assert 4 <= len(_numbered_items(questions)) <= 8
+    assert len(_numbered_items(answers)) == len(_numbered_items(questions))
+    assert "</details>" in answers
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_figure_is_saved_under_the_notebook_number(name):
     prefix = name.split("_")[0] + "_"
-    plots = 0
     for source in code_cells(stored()[name]):
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Call) and ast.unparse(node.func).startswith("plot_"):
-                plots += 1
                 assert any(k.arg == "save" for k in node.keywords), ast.unparse(node)
             if isinstance(node, ast.Constant) and str(node.value).endswith(".png"):
                 assert node.value.startswith(prefix), node.value
-    if name != "03_model.ipynb":
-        assert plots, f"{name} draws no figure"
 
 
 # --- the setup cell, executed --------------------------------------------------------------
 
 
-def _run_setup(monkeypatch, *, helpers_installed: bool, network: bool) -> list:
-    """Execute the setup cell as on Kaggle; return the subprocess calls it made."""
+def _run_setup(monkeypatch, *, installed: bool, pip_fails: bool = False) -> list:
+    """Execute the setup cell as on Kaggle; return the commands it ran."""
     source = stored()[NOTEBOOKS[0]].cells[1].source
     calls: list = []
-    real_find_spec = importlib.util.find_spec
+    real = importlib.metadata.distributions
 
-    def find_spec(name, *args):
-        return None if name == "helpers" and not helpers_installed else real_find_spec(name, *args)
+    def distributions():
+        return [d for d in real() if installed or d.name != "pneumonia-tutorial"]
 
-    def connect(*args, **kwargs):
-        if not network:
-            raise OSError("network is unreachable")
-        return type("Conn", (), {"close": lambda self: None})()
+    def run(command, **kwargs):
+        calls.append(command)
+        return types.SimpleNamespace(returncode=1 if pip_fails else 0)
 
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(socket, "create_connection", connect)
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a[0]))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.chdir(ROOT)  # no ../helpers beside it
+    monkeypatch.setattr(importlib.metadata, "distributions", distributions)
+    monkeypatch.setattr(subprocess, "run", run)
     exec(compile(source, "setup-cell", "exec"), {})
     return calls
 
 
-def test_setup_cell_does_nothing_when_helpers_is_importable(monkeypatch):
-    assert _run_setup(monkeypatch, helpers_installed=True, network=True) == []
+def test_setup_cell_does_nothing_when_the_project_is_installed(monkeypatch):
+    assert _run_setup(monkeypatch, installed=True) == []
 
 
-def test_setup_cell_installs_from_the_repository_on_kaggle(monkeypatch):
-    calls = _run_setup(monkeypatch, helpers_installed=False, network=True)
-    assert len(calls) == 1 and calls[0][-1] == f"git+{repository()}"
-    assert calls[0][1:4] == ["-m", "pip", "install"]
+def test_setup_cell_installs_the_pinned_release_on_kaggle(monkeypatch):
+    calls = _run_setup(monkeypatch, installed=False)
+    assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "install"]
+    assert calls[0][-1].endswith(f"@v{pyproject()['version']}")
 
 
-def test_setup_cell_explains_how_to_turn_the_internet_on(monkeypatch):
-    with pytest.raises(RuntimeError, match="Internet > On"):
-        _run_setup(monkeypatch, helpers_installed=False, network=False)
+def test_setup_cell_says_in_one_sentence_what_to_do(monkeypatch):
+    with pytest.raises(SystemExit, match="internet on") as failed:
+        _run_setup(monkeypatch, installed=False, pip_fails=True)
+    assert str(failed.value).count(".") == 1  # one sentence, no pip traceback
+
+
+# --- the code notebooks 03 and 04 write out is the package's ---------------------------------
+
+
+@pytest.mark.parametrize("trainable_blocks", [2, 4])
+def test_notebook_03_builds_exactly_pneumonianet(trainable_blocks, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    namespace: dict = {}
+    exec(stored()["03_model.ipynb"].cells[2].source, namespace)  # the imports cell
+    namespace["config"] = Config()
+    exec(cell_defining("03_model.ipynb", "def build_from_torchvision"), namespace)
+    model = namespace["build_from_torchvision"](trainable_blocks, 0.5)
+    package = PneumoniaNet(0.5, frozen=True, trainable_blocks=trainable_blocks)
+
+    def layout(net):
+        return [(n, tuple(p.shape), p.requires_grad) for n, p in net.named_parameters()]
+
+    assert layout(model) == layout(package)
+    assert [n for n, _ in model.named_buffers()] == [n for n, _ in package.named_buffers()]
+    if trainable_blocks == 2:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert (sum(p.numel() for p in model.parameters()), trainable) == (928_162, 351_698)
+
+
+def _notebook_04_epoch(model, loader, config, weights, device):
+    """Notebook 04's loss, optimiser and epoch cells, run on ``model``."""
+    namespace: dict = {}
+    exec(stored()["04_training.ipynb"].cells[2].source, namespace)  # the imports cell
+    namespace.update(model=model, config=config, weights=weights, device=device)
+    exec(cell_defining("04_training.ipynb", "optimizer = torch.optim.AdamW("), namespace)
+    exec(cell_defining("04_training.ipynb", "def train_one_epoch("), namespace)
+    loss = namespace["train_one_epoch"](
+        model, loader, namespace["criterion"], namespace["optimizer"], config.grad_clip
+    )
+    namespace["scheduler"].step()
+    val_loss, _ = namespace["evaluate"](model, loader, namespace["criterion"])
+    return loss, val_loss, namespace["optimizer"]
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_notebook_04_epoch_is_the_engines_epoch(frozen, demo_root, session_outputs, monkeypatch):
+    """From the same seed and data, the epoch notebook 04 writes out and the engine's
+    ``run_epoch`` give identical weights, from scratch and with a frozen prefix. (With a frozen
+    prefix ``train()`` runs it BatchNorm-folded, the same function up to float rounding: see
+    ``test_model.py::test_training_through_the_folded_view_trains_the_model``.)"""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    config = Config().quick_mode().replace(pretrained="none", subset=120)
+    data = prepare_data(config, demo_root, progress=False)
+    device = torch.device("cpu")
+    weights = class_weights(data.rows("train")[1])
+
+    def fresh():
+        torch.manual_seed(config.seed)
+        model = build_model("none") if not frozen else PneumoniaNet(frozen=True)
+        if not model.frozen:
+            use_scratch_batchnorm(model)
+        loader = data.loader("train", config, device)
+        loader.set_epoch(0)
+        return model, loader
+
+    ours, loader = fresh()
+    _, _, optimizer = _notebook_04_epoch(ours, loader, config, weights, device)
+    engine, loader = fresh()
+    engine_optimizer, scheduler = make_optimizer(engine, config)
+    criterion = weighted_loss(weights, config, device)
+    run_epoch(engine, loader, criterion, device, engine_optimizer, None, config.grad_clip)
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == [
+        g["lr"] for g in engine_optimizer.param_groups
+    ]
+    assert [len(g["params"]) for g in optimizer.param_groups] == [
+        len(g["params"]) for g in parameter_groups(engine, config)
+    ]
+    for (name, a), b in zip(ours.state_dict().items(), engine.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+# --- notebooks on a fresh machine, and reusing a run ---------------------------------------
+
+
+def test_notebook_04_and_05_share_the_run_folder():
+    assert "run_dir = notebook_run_dir()" in cell_defining("04_training.ipynb", "result = train(")
+    assert "trained_run(config, location)" in cell_defining("05_evaluation.ipynb", "evaluate_run(")
+
+
+def test_notebook_05_reuses_the_run_of_notebook_04(quick_run, demo_root, tmp_path, monkeypatch):
+    """A run folder where notebook 04 writes it, found by notebook 05 through
+    PNEUMONIA_OUTPUTS (as keep_outputs() arranges on Colab): evaluated, not retrained."""
+    outputs = tmp_path / "kept-outputs"
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
+    run = copy_run(quick_run.run_dir, notebook_run_dir())
+    before = (run / "best.pt").stat().st_mtime_ns
+    executed = run_notebooks(True, demo_root, tmp_path / "executed", only=["05_evaluation.ipynb"])
+    nb = nbformat.read(executed / "05_evaluation.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"using the run trained in notebook 04: {run}" in text
+    assert "training the QUICK recipe now" not in text
+    assert (run / "best.pt").stat().st_mtime_ns == before
+    assert (run / "metrics-test.json").is_file()
+
+
+def test_trained_run_trains_a_labelled_quick_run_on_a_cpu(demo_root, monkeypatch, capsys):
+    from helpers.sources import DatasetLocation
+
+    trained = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("helpers.train.train", lambda recipe, *a, **k: trained.append(recipe))
+    notebooks_module.trained_run(Config(), DatasetLocation(demo_root, "env"))
+    assert trained[0].quick and trained[0].image_size == 128
+    assert "QUICK recipe" in capsys.readouterr().out
+
+
+def test_keep_outputs_on_colab_and_kaggle(tmp_path, monkeypatch):
+    mounted = []
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda p: p == "/content" or real_isdir(p))
+    monkeypatch.setattr(notebooks_module, "DRIVE_FOLDER", str(tmp_path / "drive" / "pt"))
+    assert notebooks_module.keep_outputs() == tmp_path / "drive" / "pt"
+    assert mounted == ["/content/drive"] and os.environ["PNEUMONIA_OUTPUTS"] == str(
+        tmp_path / "drive" / "pt"
+    )
+
+    monkeypatch.setattr(os.path, "isdir", real_isdir)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.setattr(notebooks_module, "KAGGLE_WORKING", str(tmp_path / "working"))
+    assert notebooks_module.keep_outputs() == tmp_path / "working"
+    assert os.environ["PNEUMONIA_OUTPUTS"] == str(tmp_path / "working")
+
+
+def test_ensure_packages_installs_only_on_colab_or_kaggle(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda c, **k: calls.append(c) or types.SimpleNamespace(returncode=0)
+    )
+    notebooks_module.ensure_packages("json")  # importable: nothing to do
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r"pneumonia-tutorial\[export\]"):
+        notebooks_module.ensure_packages("no_such_module_here")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    notebooks_module.ensure_packages("no_such_module_here")
+    assert calls and calls[0][-1] == "no_such_module_here"
 
 
 # --- running notebooks ----------------------------------------------------------------------
 
 
-def test_uses_demo_data_recognises_the_demo_by_its_marker(demo_root, tmp_path):
-    assert uses_demo_data(DatasetLocation(demo_root, "env"))
-    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
-    assert not uses_demo_data(DatasetLocation(tmp_path, "env"))
+def _tiny_notebook(folder: Path, name: str, *sources: str) -> None:
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+    )
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(nb, folder / name)
 
 
-def test_run_notebooks_writes_executed_copies_and_figures(demo_root, tmp_path, capsys):
-    out = run_notebooks(quick=True, data=demo_root, out=tmp_path / "executed", only=[NOTEBOOKS[0]])
-    executed = nbformat.read(out / NOTEBOOKS[0], as_version=4)
-    counts = [c.execution_count for c in executed.cells if c.cell_type == "code"]
-    assert all(isinstance(n, int) for n in counts)
-    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "figures shown inline"
-    text = "".join(o.get("text", "") for o in outputs)
-    assert str(demo_root) in text and "SYNTHETIC" in text
-    figures = Path(os.environ["PNEUMONIA_OUTPUTS"]) / "figures"
-    for figure in ("01_class_balance.png", "01_image_sizes.png", "01_split_counts.png"):
-        assert (figures / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_run_notebooks_writes_executed_copies_with_the_settings(demo_root, tmp_path, capsys):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(
+        folder,
+        "a.ipynb",
+        "import os",
+        "print(os.environ['PNEUMONIA_QUICK'], os.environ['PNEUMONIA_DATA_DIR'])",
+    )
+    out = run_notebooks(
+        quick=True, data=demo_root, out=tmp_path / "executed", only=["a.ipynb"], folder=folder
+    )
+    executed = nbformat.read(out / "a.ipynb", as_version=4)
+    assert all(isinstance(c.execution_count, int) for c in executed.cells)
+    assert executed.cells[1].outputs[0]["text"].strip() == f"1 {demo_root.resolve()}"
     assert "SYNTHETIC DEMO DATA" in capsys.readouterr().out
     assert "PNEUMONIA_QUICK" not in os.environ and "PNEUMONIA_DATA_DIR" not in os.environ
     assert not list(out.glob(".*.tmp")), "no temporary files left behind"
@@ -230,16 +368,14 @@ def test_run_notebooks_writes_executed_copies_and_figures(demo_root, tmp_path, c
 def test_run_notebooks_stops_at_the_failing_cell(demo_root, tmp_path):
     folder = tmp_path / "nbs"
     folder.mkdir()
-    broken = nbformat.v4.new_notebook(
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+    _tiny_notebook(
+        folder,
+        "broken.ipynb",
+        "x = 1",
+        "raise ValueError('boom')\nprint('unreachable')",
+        "print('after')",
     )
-    broken.cells = [
-        nbformat.v4.new_code_cell("x = 1"),
-        nbformat.v4.new_code_cell("raise ValueError('boom')\nprint('unreachable')"),
-        nbformat.v4.new_code_cell("print('after the error')"),
-    ]
-    nbformat.write(broken, folder / "broken.ipynb")
-    nbformat.write(nbformat.v4.new_notebook(), folder / "next.ipynb")
+    _tiny_notebook(folder, "next.ipynb")
     out = tmp_path / "executed"
     with pytest.raises(NotebookError) as caught:
         run_notebooks(True, demo_root, out, only=["broken.ipynb", "next.ipynb"], folder=folder)
