@@ -226,22 +226,32 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return apply_augmentation(x, params)
 
 
-AUGMENT_POLICIES = ("article", "robust")
+AUGMENT_POLICIES = ("article", "robust", "framing")
 # Extra perturbations of the "robust" policy, applied to every image after the article's choice.
 ROBUST_GAMMA = (0.7, 1.5)  # log-uniform exposure curve
 ROBUST_CONTRAST = (0.7, 1.3)  # about the image mean
 ROBUST_BRIGHTNESS = 0.08  # additive shift, +-
 ROBUST_SCALE = (0.9, 1.15)  # zoom in or out about the centre
+# The "framing" policy widens the geometry: how the chest is framed (zoom, height against
+# width, position) is what differs most between the training and the test NORMAL images.
+FRAMING_SCALE = (0.8, 1.25)
+FRAMING_ASPECT = (0.85, 1.18)  # height scale over width scale, log-uniform
+FRAMING_SHIFT = 0.08  # fraction of the side, +-
 
 
-def robust_perturbation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def robust_perturbation(
+    x: torch.Tensor, generator: torch.Generator, framing: bool = False
+) -> torch.Tensor:
     """Intensity, contrast and scale changes wider than the article's, for every image.
 
     Why: the official test split was acquired differently from the training split (a known
     trait of this dataset), and models trained on train over-call pneumonia on test. Exposure
     (gamma), contrast, brightness and field-of-view (zoom) are what differs between X-ray
     machines and protocols; varying them in training asks the model not to rely on them.
-    ``x``: float in [0, 1], ``(B, 1, S, S)``. All four parameters are drawn for every image.
+    ``framing=True`` (the ``"framing"`` policy) also varies the zoom more, the height against
+    the width and the position of the chest. ``x``: float in [0, 1], ``(B, 1, S, S)``. The
+    same parameters are drawn for every image, in the same order, so a seed gives the same
+    batches as before for the ``"robust"`` policy.
     """
     n, dev = x.shape[0], x.device
 
@@ -251,22 +261,30 @@ def robust_perturbation(x: torch.Tensor, generator: torch.Generator) -> torch.Te
     log_gamma = uniform(math.log(ROBUST_GAMMA[0]), math.log(ROBUST_GAMMA[1]))
     contrast = uniform(*ROBUST_CONTRAST)
     brightness = uniform(-ROBUST_BRIGHTNESS, ROBUST_BRIGHTNESS)
-    scale = uniform(*ROBUST_SCALE).view(-1)
+    scale = uniform(*(FRAMING_SCALE if framing else ROBUST_SCALE)).view(-1)
     x = x.clamp(1e-6, 1.0).pow(log_gamma.exp())
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
+    if framing:
+        aspect = uniform(math.log(FRAMING_ASPECT[0]), math.log(FRAMING_ASPECT[1])).exp().view(-1)
+        theta[:, 1, 1] /= aspect  # taller or shorter than wide
+        theta[:, 0, 2] = uniform(-2 * FRAMING_SHIFT, 2 * FRAMING_SHIFT).view(-1)
+        theta[:, 1, 2] = uniform(-2 * FRAMING_SHIFT, 2 * FRAMING_SHIFT).view(-1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def augment_policy(x: torch.Tensor, generator: torch.Generator, policy: str) -> torch.Tensor:
-    """``"article"``: :func:`augment_batch`; ``"robust"``: that, then :func:`robust_perturbation`."""
+    """``"article"``: :func:`augment_batch`; ``"robust"``: that, then
+    :func:`robust_perturbation`; ``"framing"``: the same with its wider geometry."""
     if policy not in AUGMENT_POLICIES:
         raise ValueError(f"augmentation policy must be one of {AUGMENT_POLICIES}, got {policy!r}")
     x = augment_batch(x, generator)
-    return robust_perturbation(x, generator) if policy == "robust" else x
+    if policy == "article":
+        return x
+    return robust_perturbation(x, generator, framing=policy == "framing")
 
 
 # --- per-image pipelines (display, single images) ---------------------------------------

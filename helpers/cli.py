@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument(
         "--augment",
-        choices=["robust", "article"],
+        choices=["robust", "article", "framing"],
         help="training augmentation: the article's exactly, or wider exposure/contrast/zoom (default)",
     )
     p.add_argument(
