@@ -27,13 +27,8 @@ from helpers.data import class_weights
 from helpers.fold import with_folded_prefix
 from helpers.loader import prepare_data
 from helpers.model import PneumoniaNet
-from helpers.train import (
-    make_optimizer,
-    run_epoch,
-    seed_everything,
-    to_channels_last,
-    weighted_loss,
-)
+from helpers.recipe import make_optimizer, seed_everything, to_channels_last, weighted_loss
+from helpers.train import run_epoch
 
 
 def _relative_change(now: list[torch.Tensor], start: list[torch.Tensor]) -> float:

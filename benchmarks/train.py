@@ -22,7 +22,7 @@ from benchmarks.variants import TRAIN_COMPARISONS, TRAIN_PRETRAINED_CHOICES
 from benchmarks.worker import run_interleaved
 from helpers.cache import DECODE_WORKERS, build_cache
 from helpers.config import CLASSES
-from helpers.train import pick_device
+from helpers.recipe import pick_device
 
 QUICK_IMAGES = 64
 """``--quick``: at most this many images (and 2 rounds)."""

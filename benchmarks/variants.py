@@ -34,13 +34,8 @@ from helpers.data import class_weights
 from helpers.fold import FrozenFeatures, with_folded_prefix
 from helpers.loader import BatchLoader
 from helpers.model import PneumoniaNet, build_model
-from helpers.train import (
-    make_optimizer,
-    run_epoch,
-    to_channels_last,
-    use_scratch_batchnorm,
-    weighted_loss,
-)
+from helpers.recipe import make_optimizer, to_channels_last, use_scratch_batchnorm, weighted_loss
+from helpers.train import run_epoch
 
 TRAIN_PRETRAINED_CHOICES = ("frozen-random", "imagenet", "none")
 """``bench train``'s models. ``frozen-random`` (the default) is the ImageNet-frozen architecture

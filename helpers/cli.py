@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 
 class CliError(Exception):
@@ -117,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run's best.pt on a split, print the Table-2 style report and the JSON path."""
     from helpers.data import DatasetError
-    from helpers.evaluate import evaluate_run, format_metrics
+    from helpers.evaluate import evaluate_run
+    from helpers.report import format_metrics
     from helpers.runs import RunError
 
     try:
@@ -138,8 +140,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ``--gradcam DIR`` also writes each image with its Grad-CAM heatmap to ``DIR/<name>.png``.
     """
     from helpers.evaluate import predict_images
+    from helpers.recipe import pick_device
     from helpers.runs import RunError, load_model_from_run
-    from helpers.train import pick_device
 
     device = pick_device(args.device)
     try:
@@ -157,34 +159,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{result.path}  {result.label()}  P(pneumonia)={result.p_pneumonia:.3f}")
     if args.gradcam is not None:
+        from helpers.explain import save_gradcam_overlays
+
         good = [Path(r.path) for r in results if r.error is None]
-        for path in _save_gradcams(model, good, config, args.gradcam):
+        for path in save_gradcam_overlays(model, good, config, args.gradcam):
             print(f"Grad-CAM: {path}")
     return 1 if failed else 0
-
-
-def _save_gradcams(model, paths: list[Path], config, folder: Path) -> list[Path]:
-    """Each image blended with its Grad-CAM heatmap, as ``folder/<stem>-gradcam.png``."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from helpers.augment import normalize_batch
-    from helpers.explain import GradCAM, overlay
-    from helpers.files import atomic_path
-    from helpers.images import load_gray
-
-    written = []
-    for path in paths:
-        gray = load_gray(path, config.image_size, intensity=config.intensity)
-        x = normalize_batch(torch.from_numpy(gray)[None, None]).to(next(model.parameters()).device)
-        heatmap = GradCAM(model, model.features[-1])(x)[0].cpu().numpy()
-        rgb = (overlay(gray / 255.0, heatmap) * 255).astype(np.uint8)
-        out = Path(folder) / f"{path.stem}-gradcam.png"
-        with atomic_path(out) as tmp:
-            Image.fromarray(rgb).save(tmp, format="PNG")
-        written.append(out)
-    return written
 
 
 EXPORT_NAMES = {"torchscript": "model-torchscript.pt", "onnx": "model.onnx"}
@@ -313,7 +293,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_run_notebooks(args: argparse.Namespace) -> int:
-    """Execute notebooks 01-05 in order; executed copies and figures go under outputs/."""
+    """Execute notebooks 01-06 in order; executed copies and figures go under outputs/."""
     from helpers.data import DatasetError
     from helpers.notebooks import NotebookError, run_notebooks
 
@@ -333,7 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chest X-ray pneumonia tutorial: data, training and evaluation from the command line.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_train_command(sub)
+    _add_run_commands(sub)
+    _add_tool_commands(sub)
+    return parser
 
+
+def _add_data_commands(sub: Any) -> None:
+    """``demo-data``, ``scan``, ``summary``, ``holdout``: the data and the model's table."""
     p = sub.add_parser("demo-data", help="write the synthetic demo dataset (Kaggle layout)")
     p.add_argument("out", type=Path, help="folder to write chest_xray/{train,val,test} into")
     p.add_argument("--images", type=int, default=600, help="total number of images (default 600)")
@@ -356,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_holdout)
 
+
+def _add_train_command(sub: Any) -> None:
+    """``train``: every recipe setting a run may change, and resuming."""
     p = sub.add_parser("train", help="train PneumoniaNet with the article's schedule")
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: search)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
@@ -381,6 +372,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small images, few epochs, a subset")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.set_defaults(func=cmd_train)
+
+
+def _add_run_commands(sub: Any) -> None:
+    """``evaluate``, ``predict``, ``export``: using a trained run folder."""
+    p = sub.add_parser("evaluate", help="score a run's best model: metrics, CIs, thresholds")
+    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: the run's)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument(
+        "--tta", action="store_true", help="average each image with its mirror image (flip)"
+    )
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="P(pneumonia) for image files with a run's best model")
+    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--gradcam", type=Path, metavar="DIR", help="also save Grad-CAM overlays")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's best model as TorchScript or ONNX")
+    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_tool_commands(sub: Any) -> None:
+    """``results``, ``figures``, ``bench``, ``run-notebooks``: the project's own tools."""
+    p = sub.add_parser("results", help="every evaluated run on the test split and its halves")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="evaluated run folders")
+    p.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    p.add_argument(
+        "--data-label", default="../shared/data/kermany-224", help="data folder in the commands"
+    )
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("figures", help="regenerate the README's figures (docs/figures)")
+    p.add_argument("--eda-data", type=Path, required=True, help="dataset for the class balance")
+    p.add_argument("--samples-data", type=Path, required=True, help="full-resolution images")
+    p.add_argument("--run", type=Path, required=True, help="an evaluated run folder")
+    p.add_argument("--split", default="test", help="which metrics-<split>.json to draw")
+    p.add_argument("--out", type=Path, default=Path("docs/figures"))
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("bench", help="measure speed: the data loader, or training epochs")
     p.add_argument("which", choices=list(BENCHES), help="what to measure")
@@ -408,51 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="train: cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("evaluate", help="score a run's best model: metrics, CIs, thresholds")
-    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: the run's)")
-    p.add_argument("--split", choices=["test", "val"], default="test")
-    p.add_argument(
-        "--tta", action="store_true", help="average each image with its mirror image (flip)"
-    )
-    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("predict", help="P(pneumonia) for image files with a run's best model")
-    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    p.add_argument("--gradcam", type=Path, metavar="DIR", help="also save Grad-CAM overlays")
-    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("export", help="export a run's best model as TorchScript or ONNX")
-    p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
-    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
-    p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("results", help="every evaluated run on the test split and its halves")
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="evaluated run folders")
-    p.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    p.add_argument(
-        "--data-label", default="../shared/data/kermany-224", help="data folder in the commands"
-    )
-    p.set_defaults(func=cmd_results)
-
-    p = sub.add_parser("figures", help="regenerate the README's figures (docs/figures)")
-    p.add_argument("--eda-data", type=Path, required=True, help="dataset for the class balance")
-    p.add_argument("--samples-data", type=Path, required=True, help="full-resolution images")
-    p.add_argument("--run", type=Path, required=True, help="an evaluated run folder")
-    p.add_argument("--split", default="test", help="which metrics-<split>.json to draw")
-    p.add_argument("--out", type=Path, default=Path("docs/figures"))
-    p.set_defaults(func=cmd_figures)
-
-    p = sub.add_parser("run-notebooks", help="execute notebooks 01-05 in order, keeping outputs")
+    p = sub.add_parser("run-notebooks", help="execute notebooks 01-06 in order, keeping outputs")
     p.add_argument("--quick", action="store_true", help="PNEUMONIA_QUICK=1: small, fast recipe")
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: search)")
     p.set_defaults(func=cmd_run_notebooks)
-
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

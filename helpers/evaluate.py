@@ -9,7 +9,6 @@ scikit-learn in front of the reader, from the saved predictions.
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from collections.abc import Iterable, Sequence
@@ -29,9 +28,9 @@ from helpers.files import atomic_write_text
 from helpers.images import ImageError, load_gray
 from helpers.loader import BatchLoader, PreparedData, cache_rows, prepare_data
 from helpers.metrics import CI_KEYS, bootstrap_ci, compute_metrics, youden_threshold
+from helpers.recipe import pick_device
 from helpers.runs import RunError, load_model_from_run, read_run_config
 from helpers.sources import is_demo_folder
-from helpers.train import pick_device
 
 HEADLINE_THRESHOLD = 0.5
 """The article's rule: predict the class with the larger softmax output, i.e. ``p >= 0.5``."""
@@ -201,6 +200,22 @@ def _images_to_score(
     return table, cache, root, is_demo_folder(root)
 
 
+def _decodable_rows(
+    cache: ImageCache, table: pd.DataFrame, split: str, root: Path
+) -> tuple[list[int], list[int]]:
+    """Cache rows and targets of the images to score; a warning counts those left out."""
+    indices, targets, failed = cache_rows(cache, table)
+    if failed:
+        warnings.warn(
+            f"{len(failed)} of {len(table)} {split} images could not be decoded and are left out "
+            f"(e.g. {failed[0]}; reasons in {cache.index_path})",
+            stacklevel=3,
+        )
+    if not indices:
+        raise DatasetError(f"{root}: none of the {split} images could be decoded")
+    return indices, targets
+
+
 def _validation_threshold(
     model: torch.nn.Module,
     prepared: PreparedData | None,
@@ -261,31 +276,21 @@ def evaluate_run(
     tta: bool = False,
 ) -> dict[str, Any]:
     """Score a run folder's ``best.pt`` on one split; write ``metrics-<name>.json`` and
-    ``predictions-<name>.csv`` into the run folder and return the metrics.
+    ``predictions-<name>.csv`` (``<name>`` = the split, ``-tta`` appended with ``tta``: each
+    image averaged with its mirror image) into the run folder and return the metrics.
 
-    ``<name>`` is the split (``test`` or ``val``), with ``-tta`` appended when ``tta`` (each
-    image averaged with its mirror image, :func:`predict_proba`).
+    Data: ``data_dir`` if given (it may hold only ``test/``), else the training data recorded in
+    ``config.json``. ``"test"`` is the official test folder; ``"val"`` the patient-grouped
+    validation split, recomputed from the run's seed. Images are scored through the cache,
+    without augmentation; images that fail to decode are left out with a warning and a count.
 
-    Data: ``data_dir`` if given (it may hold only ``test/``), else the training data root
-    recorded in ``run_dir/config.json``. ``split="test"`` is the official test folder;
-    ``"val"`` is the patient-grouped validation split recomputed with :func:`make_splits`
-    from the run's config (identical to training's: it is seeded). Images are scored through
-    the cache without augmentation; images that fail to decode are left out, with a warning
-    giving the count.
-
-    The headline numbers use the article's argmax rule (threshold 0.5). A second threshold,
-    Youden's J, is chosen on the run's VALIDATION split, never on the evaluated split (unless
-    that split is ``val`` itself, which ``source`` then says); when that data cannot be reached
-    it falls back to 0.5 and ``source`` says why.
-
-    Keys (stable, :data:`RUN_METRIC_KEYS`): the point metrics of
-    :func:`helpers.metrics.compute_metrics` at 0.5; ``ci95`` (patient-cluster bootstrap,
-    ``n_resamples`` resamples seeded with the run's seed); ``n_patients``; ``weights_used``;
-    ``val_threshold`` (:data:`VAL_THRESHOLD_KEYS`); ``tta``; ``split``; ``data_root`` (the folder
-    scored); ``is_demo`` (synthetic data: not a medical result). ``predictions-<name>.csv``
-    has one row per image: ``path``, ``patient``, ``target`` (0/1), ``p_pneumonia``.
-    Raises :class:`RunError` for a folder without ``best.pt``, :class:`DatasetError` when the
-    data cannot be found or the split is empty.
+    The headline numbers use the article's argmax rule (0.5). A second threshold, Youden's J,
+    is chosen on the run's VALIDATION split, never on the evaluated split (unless that is
+    ``val``, which ``source`` then says); without that data it falls back to 0.5, saying why.
+    Keys: :data:`RUN_METRIC_KEYS` (``ci95``: patient-cluster bootstrap intervals,
+    ``n_resamples`` resamples seeded with the run's seed; ``is_demo``: synthetic data).
+    Predictions: ``path``, ``patient``, ``target`` (0/1), ``p_pneumonia``, one row per image.
+    Raises :class:`RunError` without ``best.pt``, :class:`DatasetError` without data.
     """
     if split not in EVAL_SPLITS:
         raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
@@ -304,15 +309,7 @@ def evaluate_run(
         )
     except DatasetError as err:
         raise DatasetError(f"cannot evaluate {run_dir}: {err}") from err
-    indices, targets, failed = cache_rows(cache, table)
-    if failed:
-        warnings.warn(
-            f"{len(failed)} of {len(table)} {split} images could not be decoded and are left out "
-            f"(e.g. {failed[0]}; reasons in {cache.index_path})",
-            stacklevel=2,
-        )
-    if not indices:
-        raise DatasetError(f"{root}: none of the {split} images could be decoded")
+    indices, targets = _decodable_rows(cache, table, split, root)
     y, p = _score(model, cache, indices, targets, config, dev, tta)
     threshold, source = _validation_threshold(
         model, prepared, unreachable, run_data.get("fingerprint"), config, dev, tta
@@ -338,69 +335,6 @@ def evaluate_run(
     atomic_write_text(run_dir / f"predictions-{name}.csv", predictions.to_csv(index=False))
     atomic_write_text(run_dir / f"metrics-{name}.json", json.dumps(metrics, indent=2))
     return metrics
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    """A number for a table, or ``n/a`` when undefined."""
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _fmt_ci(interval: Sequence[float] | None) -> str:
-    """``95% CI [lo, hi]``, or nothing when there is no interval."""
-    return "" if not interval else f"95% CI [{interval[0]:.3f}, {interval[1]:.3f}]"
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """A readable report of :func:`evaluate_run`'s result, in the style of the article's Table 2.
-
-    Per-class precision, recall, F1 and support; accuracy, weighted and macro F1; AUROC and
-    average precision, with bootstrap intervals; the confusion matrix; sensitivity and
-    specificity at 0.5 (the headline rule) and at the validation threshold.
-    """
-    out = io.StringIO()
-    w = out.write
-    tta = " (each image averaged with its mirror image)" if metrics.get("tta") else ""
-    w(
-        f"{metrics['split']} split: {metrics['n_images']} images of {metrics['n_patients']} "
-        f"patients from {metrics['data_root']}{tta}\n"
-    )
-    w(f"weights: {metrics['weights_used']}\n")
-    if metrics.get("is_demo"):
-        w("*** synthetic demo data: these numbers are not medical results ***\n")
-    w(f"\n{'':18}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n")
-    for name in CLASSES:
-        c = metrics["per_class"][name]
-        w(
-            f"{name:18}{_fmt(c['precision']):>10}{_fmt(c['recall']):>10}"
-            f"{_fmt(c['f1']):>10}{c['support']:>10}\n"
-        )
-    ci = metrics["ci95"]
-    n = metrics["n_images"]
-    blank = ""
-    w(f"{'accuracy':38}{_fmt(metrics['accuracy']):>10}{n:>10}  {_fmt_ci(ci['accuracy'])}\n")
-    w(f"{'weighted F1':38}{_fmt(metrics['weighted_f1']):>10}{blank:10}  ")
-    w(f"{_fmt_ci(ci['weighted_f1'])}\n")
-    w(f"{'macro F1':38}{_fmt(metrics['macro_f1']):>10}\n")
-    w(f"\nAUROC             {_fmt(metrics['roc_auc'])}  {_fmt_ci(ci['roc_auc'])}\n")
-    w(f"average precision {_fmt(metrics['average_precision'])}\n")
-    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-    w(f"sensitivity       {_fmt(metrics['sensitivity'])}  {_fmt_ci(ci['sensitivity'])}\n")
-    w(f"specificity       {_fmt(metrics['specificity'])}  {_fmt_ci(ci['specificity'])}\n")
-    w("(intervals: bootstrap over patients, each with all of their images)\n")
-    w(f"\nconfusion matrix at {metrics['threshold']:g} (rows: true, columns: predicted)\n")
-    w(f"{'':18}{'NORMAL':>10}{'PNEUMONIA':>10}\n")
-    w(f"{'NORMAL':18}{tn:>10}{fp:>10}\n{'PNEUMONIA':18}{fn:>10}{tp:>10}\n")
-    vt = metrics["val_threshold"]
-    w(f"\n{'rule':26}{'threshold':>10}{'sens.':>8}{'spec.':>8}{'acc.':>8}{'w. F1':>8}\n")
-    rows = [("argmax (headline)", metrics), ("validation Youden's J", vt)]
-    for label, m in rows:
-        t = metrics["threshold"] if m is metrics else vt["threshold"]
-        w(
-            f"{label:26}{t:>10.3f}{_fmt(m['sensitivity']):>8}{_fmt(m['specificity']):>8}"
-            f"{_fmt(m['accuracy']):>8}{_fmt(m['weighted_f1']):>8}\n"
-        )
-    w(f"threshold source: {vt['source']}\n")
-    return out.getvalue()
 
 
 # --- single images --------------------------------------------------------------------------

@@ -13,11 +13,15 @@ layer is the last convolutional block, ``model.features[-1]``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from helpers.config import Config
 
 
 class GradCAM:
@@ -134,3 +138,29 @@ def overlay(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     colored = matplotlib.colormaps[cmap](heat)[..., :3]
     return np.clip((1.0 - alpha) * image[..., None] + alpha * colored, 0.0, 1.0)
+
+
+def save_gradcam_overlays(
+    model: nn.Module, paths: list[Path], config: Config, folder: str | Path
+) -> list[Path]:
+    """Each image blended with its Grad-CAM heatmap (at ``model.features[-1]``), written to
+    ``folder/<stem>-gradcam.png``; the images are read as the run reads them (``config``'s
+    image size and intensity normalisation). Returns the files written."""
+    from PIL import Image
+
+    from helpers.augment import normalize_batch
+    from helpers.files import atomic_path
+    from helpers.images import load_gray
+
+    device = next(model.parameters()).device
+    written = []
+    for path in paths:
+        gray = load_gray(path, config.image_size, intensity=config.intensity)
+        x = normalize_batch(torch.from_numpy(gray)[None, None]).to(device)
+        heatmap = GradCAM(model, model.features[-1])(x)[0].cpu().numpy()
+        rgb = (overlay(gray / 255.0, heatmap) * 255).astype(np.uint8)
+        out = Path(folder) / f"{Path(path).stem}-gradcam.png"
+        with atomic_path(out) as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG")
+        written.append(out)
+    return written

@@ -119,20 +119,7 @@ def compute_metrics(y_true: Any, p_pneumonia: Any, threshold: float = 0.5) -> di
         y, pred, labels=[0, 1], target_names=list(CLASSES), output_dict=True, zero_division=0
     )
     undefined: dict[str, str] = {}
-    per_class = {}
-    for label, name in enumerate(CLASSES):
-        row = report[name]
-        per_class[name] = {
-            "precision": row["precision"],
-            "recall": row["recall"],
-            "f1": row["f1-score"],
-            "support": int(row["support"]),
-        }
-        if cm[:, label].sum() == 0:
-            undefined[f"precision_{name}"] = f"no image was predicted {name}; reported as 0.0"
-        if cm[label].sum() == 0:
-            undefined[f"recall_{name}"] = f"no {name} image in y_true; reported as 0.0"
-
+    per_class = _per_class(report, cm, undefined)
     sensitivity = per_class["PNEUMONIA"]["recall"] if cm[1].sum() else None
     specificity = per_class["NORMAL"]["recall"] if cm[0].sum() else None
     if sensitivity is None:
@@ -167,6 +154,25 @@ def compute_metrics(y_true: Any, p_pneumonia: Any, threshold: float = 0.5) -> di
         "n_images": int(y.size),
         "undefined": undefined,
     }
+
+
+def _per_class(report: dict, cm: np.ndarray, undefined: dict[str, str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class from ``classification_report``'s dict;
+    notes in ``undefined`` a class never predicted or absent."""
+    per_class = {}
+    for label, name in enumerate(CLASSES):
+        row = report[name]
+        per_class[name] = {
+            "precision": row["precision"],
+            "recall": row["recall"],
+            "f1": row["f1-score"],
+            "support": int(row["support"]),
+        }
+        if cm[:, label].sum() == 0:
+            undefined[f"precision_{name}"] = f"no image was predicted {name}; reported as 0.0"
+        if cm[label].sum() == 0:
+            undefined[f"recall_{name}"] = f"no {name} image in y_true; reported as 0.0"
+    return per_class
 
 
 # --- bootstrap -----------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ in ``docs/figures/README.md`` with what produced it, so a caption never outruns 
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -93,3 +96,69 @@ def make_figures(
     lines += [f"| `{name}` | {source} |" for name, source in made.items()]
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
     return made
+
+
+# --- the text report of an evaluation ------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a table, or ``n/a`` when undefined."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_ci(interval: Sequence[float] | None) -> str:
+    """``95% CI [lo, hi]``, or nothing when there is no interval."""
+    return "" if not interval else f"95% CI [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A readable report of :func:`evaluate_run`'s result, in the style of the article's Table 2.
+
+    Per-class precision, recall, F1 and support; accuracy, weighted and macro F1; AUROC and
+    average precision, with bootstrap intervals; the confusion matrix; sensitivity and
+    specificity at 0.5 (the headline rule) and at the validation threshold.
+    """
+    out = io.StringIO()
+    w = out.write
+    tta = " (each image averaged with its mirror image)" if metrics.get("tta") else ""
+    w(
+        f"{metrics['split']} split: {metrics['n_images']} images of {metrics['n_patients']} "
+        f"patients from {metrics['data_root']}{tta}\n"
+    )
+    w(f"weights: {metrics['weights_used']}\n")
+    if metrics.get("is_demo"):
+        w("*** synthetic demo data: these numbers are not medical results ***\n")
+    w(f"\n{'':18}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n")
+    for name in CLASSES:
+        c = metrics["per_class"][name]
+        w(
+            f"{name:18}{_fmt(c['precision']):>10}{_fmt(c['recall']):>10}"
+            f"{_fmt(c['f1']):>10}{c['support']:>10}\n"
+        )
+    ci = metrics["ci95"]
+    n = metrics["n_images"]
+    blank = ""
+    w(f"{'accuracy':38}{_fmt(metrics['accuracy']):>10}{n:>10}  {_fmt_ci(ci['accuracy'])}\n")
+    w(f"{'weighted F1':38}{_fmt(metrics['weighted_f1']):>10}{blank:10}  ")
+    w(f"{_fmt_ci(ci['weighted_f1'])}\n")
+    w(f"{'macro F1':38}{_fmt(metrics['macro_f1']):>10}\n")
+    w(f"\nAUROC             {_fmt(metrics['roc_auc'])}  {_fmt_ci(ci['roc_auc'])}\n")
+    w(f"average precision {_fmt(metrics['average_precision'])}\n")
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    w(f"sensitivity       {_fmt(metrics['sensitivity'])}  {_fmt_ci(ci['sensitivity'])}\n")
+    w(f"specificity       {_fmt(metrics['specificity'])}  {_fmt_ci(ci['specificity'])}\n")
+    w("(intervals: bootstrap over patients, each with all of their images)\n")
+    w(f"\nconfusion matrix at {metrics['threshold']:g} (rows: true, columns: predicted)\n")
+    w(f"{'':18}{'NORMAL':>10}{'PNEUMONIA':>10}\n")
+    w(f"{'NORMAL':18}{tn:>10}{fp:>10}\n{'PNEUMONIA':18}{fn:>10}{tp:>10}\n")
+    vt = metrics["val_threshold"]
+    w(f"\n{'rule':26}{'threshold':>10}{'sens.':>8}{'spec.':>8}{'acc.':>8}{'w. F1':>8}\n")
+    rows = [("argmax (headline)", metrics), ("validation Youden's J", vt)]
+    for label, m in rows:
+        t = metrics["threshold"] if m is metrics else vt["threshold"]
+        w(
+            f"{label:26}{t:>10.3f}{_fmt(m['sensitivity']):>8}{_fmt(m['specificity']):>8}"
+            f"{_fmt(m['accuracy']):>8}{_fmt(m['weighted_f1']):>8}\n"
+        )
+    w(f"threshold source: {vt['source']}\n")
+    return out.getvalue()

@@ -16,24 +16,31 @@ from ``last.pt`` with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from helpers.config import CLASSES, Config
+from helpers.config import Config
 from helpers.data import class_weights
 from helpers.fold import with_folded_prefix
 from helpers.loader import BatchLoader, PreparedData, prepare_data
-from helpers.model import PneumoniaNet, build_model, parameter_groups
+from helpers.model import PneumoniaNet, build_model
+from helpers.recipe import (
+    EarlyStopping,
+    make_ema,
+    make_optimizer,
+    pick_device,
+    seed_everything,
+    to_channels_last,
+    use_scratch_batchnorm,
+    weighted_loss,
+)
 from helpers.runs import (
     HISTORY_COLUMNS,
     RunError,
@@ -46,120 +53,6 @@ from helpers.runs import (
     write_history,
     write_run_config,
 )
-
-# --- the pieces of the recipe ---------------------------------------------------------------
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """One seed for Python, NumPy and torch (initialisation and dropout)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def use_scratch_batchnorm(model: nn.Module, momentum: float = 0.1) -> None:
-    """From-scratch recipe: BatchNorm running statistics that keep up with training.
-
-    torchvision's MobileNetV3 uses momentum 0.01, right for ImageNet weights whose
-    statistics are already settled. From random initialisation the weights move fast and
-    such slow running averages lag behind, so evaluation-mode predictions stay poor for many
-    epochs. PyTorch's default 0.1 keeps up.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = momentum
-
-
-def to_channels_last(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model in ``channels_last`` memory format on CUDA and on CPU (other devices: as is).
-
-    Faster on both (tensor cores on CUDA; measured on CPU, see ``benchmarks/README.md``).
-    Inputs can stay contiguous: the first convolution switches the format.
-    """
-    if device.type in ("cuda", "cpu"):
-        return model.to(memory_format=torch.channels_last)
-    return model
-
-
-def weighted_loss(weights: dict[str, float], config: Config, device: torch.device) -> nn.Module:
-    """The article's class-weighted cross-entropy (``weights`` from :func:`class_weights`)."""
-    return nn.CrossEntropyLoss(
-        weight=torch.tensor([weights[c] for c in CLASSES], device=device),
-        label_smoothing=config.label_smoothing,
-    )
-
-
-def make_optimizer(
-    model: PneumoniaNet, config: Config
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the two parameter groups, and cosine annealing with warm restarts."""
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config),
-        betas=config.betas,
-        eps=config.eps,
-        weight_decay=config.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=config.t_0, T_mult=config.t_mult, eta_min=config.eta_min
-    )
-    return optimizer, scheduler
-
-
-def make_ema(model: nn.Module, config: Config) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of the weights (``config.ema_decay`` per step), or None.
-
-    Parameters and BatchNorm statistics alike are averaged (``use_buffers=True``).
-    """
-    if config.ema_decay <= 0:
-        return None
-    return torch.optim.swa_utils.AveragedModel(
-        model,
-        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
-        use_buffers=True,
-    )
-
-
-class EarlyStopping:
-    """Stop when the validation loss has not improved for ``patience`` epochs in a row."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.best_loss = math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
-
-    def step(self, val_loss: float, epoch: int) -> bool:
-        """Record epoch ``epoch``'s validation loss; True when it is the best so far."""
-        if val_loss < self.best_loss:
-            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        """True once ``patience`` epochs have passed without improvement."""
-        return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "best_val_loss": self.best_loss,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_loss = state["best_val_loss"]
-        self.best_epoch = state["best_epoch"]
-        self.bad_epochs = state["bad_epochs"]
-
 
 # --- one epoch --------------------------------------------------------------------------------
 
@@ -248,6 +141,52 @@ class TrainResult:
     data: PreparedData
 
 
+@dataclass
+class Training:
+    """The objects a run trains with; ``last.pt`` saves their state so a run can resume."""
+
+    model: PneumoniaNet
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: torch.optim.swa_utils.AveragedModel | None
+    stopper: EarlyStopping
+
+    @property
+    def kept(self) -> PneumoniaNet:
+        """The weights that are validated, saved and tested: the average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    def resumable(self) -> dict[str, Any]:
+        """The parts whose ``state_dict`` goes into ``last.pt`` under their own names."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+        }
+
+
+def start_training(config: Config, weights: dict[str, float], device: torch.device) -> Training:
+    """The model (seeded), loss, optimiser, schedule, scaler, weight average and early stopping."""
+    seed_everything(config.seed)
+    model = build_model(config.pretrained, config.dropout, config.trainable_blocks).to(device)
+    if not model.frozen:
+        use_scratch_batchnorm(model)
+    model = to_channels_last(model, device)
+    optimizer, scheduler = make_optimizer(model, config)
+    return Training(
+        model=model,
+        criterion=weighted_loss(weights, config, device),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
+        ema=make_ema(model, config),
+        stopper=EarlyStopping(config.patience),
+    )
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -273,121 +212,90 @@ def train(
     if not len(train_loader) or not len(val_loader):
         raise RunError(f"{data.location.root}: no training or validation images to train on")
     weights = class_weights(train_loader.targets.tolist())  # refuses a split missing a class
-    criterion = weighted_loss(weights, config, dev)
-
-    seed_everything(config.seed)
-    model = build_model(config.pretrained, config.dropout, config.trainable_blocks).to(dev)
-    if not model.frozen:
-        use_scratch_batchnorm(model)
-    model = to_channels_last(model, dev)
-    optimizer, scheduler = make_optimizer(model, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
-    ema = make_ema(model, config)
-    stopper = EarlyStopping(config.patience)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    run = start_training(config, weights, dev)
     history: list[dict[str, Any]] = []
     if resume and (run_dir / "last.pt").is_file():
-        history = _restore(run_dir, config, dev, parts, ema, stopper)
-    _write_config(run_dir, config, model, dev, data, weights)
+        history = _restore(run_dir, config, dev, run)
+    _write_config(run_dir, config, run.model, dev, data, weights)
 
-    fast = with_folded_prefix(model)  # the same function, faster when a prefix is frozen
-    kept = model if ema is None else ema.module  # the weights validated, saved and tested
+    fast = with_folded_prefix(run.model)  # the same function, faster when a prefix is frozen
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(len(history), last_epoch):
-        if stopper.should_stop:  # a resumed run that had already stopped
+        if run.stopper.should_stop:  # a resumed run that had already stopped
             break
-        started = time.perf_counter()
-        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-        train_loader.set_epoch(epoch)
-        bar = _progress_bar(epoch, config, len(train_loader) + len(val_loader), progress)
-        update = None if ema is None else (lambda: ema.update_parameters(model))
-        fit = run_epoch(
-            fast, train_loader, criterion, dev, optimizer, scaler, config.grad_clip, bar, update
-        )
-        val = run_epoch(fast if ema is None else kept, val_loader, criterion, dev, progress=bar)
-        bar.close()
-        scheduler.step()
-        history.append(_history_row(epoch + 1, fit, val, lrs, time.perf_counter() - started))
-        improved = stopper.step(val.loss, epoch + 1)
+        history.append(_epoch(run, fast, train_loader, val_loader, epoch, config, dev, progress))
+        improved = run.stopper.step(history[-1]["val_loss"], epoch + 1)
         if improved:
-            save_checkpoint(run_dir / "best.pt", model_checkpoint(kept, config, epoch + 1))
+            save_checkpoint(run_dir / "best.pt", model_checkpoint(run.kept, config, epoch + 1))
         write_history(run_dir / "history.csv", history)
-        _save_last(run_dir, config, epoch + 1, parts, ema, stopper)
+        _save_last(run_dir, config, epoch + 1, run)
         if progress:
-            _print_epoch(history[-1], improved)
-        if stopper.should_stop and progress:
-            print(f"early stop: no better validation loss for {config.patience} epochs")
+            _print_epoch(history[-1], improved, run.stopper, config.patience)
 
     best = load_checkpoint(run_dir / "best.pt", map_location=dev)
-    model.load_state_dict(best["model"])
-    model.eval()
+    run.model.load_state_dict(best["model"])
+    run.model.eval()
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
+    stopper = run.stopper
     return TrainResult(
-        run_dir, model, frame, stopper.best_epoch, stopper.best_loss, stopper.should_stop, data
+        run_dir, run.model, frame, stopper.best_epoch, stopper.best_loss, stopper.should_stop, data
     )
+
+
+def _epoch(
+    run: Training,
+    fast: nn.Module,
+    train_loader: BatchLoader,
+    val_loader: BatchLoader,
+    epoch: int,
+    config: Config,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """One epoch of the schedule: train, validate the kept weights, step the scheduler.
+    Returns the epoch's row of ``history.csv``."""
+    started = time.perf_counter()
+    lrs = {g["name"]: g["lr"] for g in run.optimizer.param_groups}
+    train_loader.set_epoch(epoch)
+    bar = _progress_bar(epoch, config, len(train_loader) + len(val_loader), progress)
+    update = None if run.ema is None else (lambda: run.ema.update_parameters(run.model))
+    fit = run_epoch(
+        fast, train_loader, run.criterion, device, run.optimizer, run.scaler, config.grad_clip,
+        bar, update,
+    )  # fmt: skip
+    validated = fast if run.ema is None else run.kept
+    val = run_epoch(validated, val_loader, run.criterion, device, progress=bar)
+    bar.close()
+    run.scheduler.step()
+    return _history_row(epoch + 1, fit, val, lrs, time.perf_counter() - started)
 
 
 # --- how long a run takes -------------------------------------------------------------------
 
 
-CPU_TRAINING_RATES: dict[str, float] = {"frozen": 191.0, "scratch": 41.7}
-"""Training images/second at 256x256 on a 2-core CPU, as measured by ``bench train`` (the
-frozen ImageNet configuration, and the whole network from scratch; ``benchmarks/README.md``
-gives the machine and the command). Used only to tell a reader roughly how long a run takes."""
-
-
-def estimate_cpu_schedule(
-    n_train: int, n_val: int, frozen: bool, epochs: int, image_size: int = 256
-) -> dict[str, float]:
-    """Rough wall time of a full training run on a 2-core CPU, from the measured rates.
-
-    Seconds per epoch = training images / rate + validation images / (3 x rate) (evaluation
-    needs no backward pass), scaled by the pixel count relative to 256x256. Returns seconds
-    per epoch and hours for ``epochs`` epochs (the maximum; early stopping usually ends
-    sooner). GPU runs are not estimated: no GPU was measured.
-    """
-    rate = CPU_TRAINING_RATES["frozen" if frozen else "scratch"] * (256 / image_size) ** 2
-    per_epoch = n_train / rate + n_val / (3 * rate)
-    return {"seconds_per_epoch": per_epoch, "hours": per_epoch * epochs / 3600}
-
-
 # --- the run's bookkeeping ----------------------------------------------------------------------
 
 
-def _restore(
-    run_dir: Path,
-    config: Config,
-    device: torch.device,
-    parts: dict[str, Any],
-    ema: torch.optim.swa_utils.AveragedModel | None,
-    stopper: EarlyStopping,
-) -> list[dict[str, Any]]:
+def _restore(run_dir: Path, config: Config, device: torch.device, run: Training) -> list[dict]:
     """Load ``last.pt`` into the training objects; return the history up to its epoch."""
     path = run_dir / "last.pt"
     state = load_checkpoint(path, map_location=device)
     check_compatible(state, config, path)
-    for name, part in parts.items():
+    for name, part in run.resumable().items():
         part.load_state_dict(state[name])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    stopper.load_state_dict(state)
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.stopper.load_state_dict(state)
     restore_rng_state(state)
     print(f"resuming {run_dir} after epoch {state['epoch']}")
     return pd.read_csv(run_dir / "history.csv").to_dict(orient="records")[: state["epoch"]]
 
 
-def _save_last(
-    run_dir: Path,
-    config: Config,
-    epoch: int,
-    parts: dict[str, Any],
-    ema: torch.optim.swa_utils.AveragedModel | None,
-    stopper: EarlyStopping,
-) -> None:
+def _save_last(run_dir: Path, config: Config, epoch: int, run: Training) -> None:
     """Write ``last.pt``: everything :func:`_restore` needs to carry on after ``epoch``."""
-    state = model_checkpoint(parts["model"], config, epoch)
-    state.update({name: part.state_dict() for name, part in parts.items()})
-    state.update(ema=None if ema is None else ema.state_dict(), **stopper.state_dict())
+    state = model_checkpoint(run.model, config, epoch)
+    state.update({name: part.state_dict() for name, part in run.resumable().items()})
+    state.update(ema=None if run.ema is None else run.ema.state_dict(), **run.stopper.state_dict())
     state.update(rng_state())
     save_checkpoint(run_dir / "last.pt", state)
 
@@ -446,10 +354,14 @@ def _progress_bar(epoch: int, config: Config, steps: int, enabled: bool) -> Any:
     )
 
 
-def _print_epoch(row: dict[str, Any], improved: bool) -> None:
+def _print_epoch(
+    row: dict[str, Any], improved: bool, stopper: EarlyStopping, patience: int
+) -> None:
     print(
         f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} "
         f"f1 {row['train_f1']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
         f"f1 {row['val_f1']:.3f}  lr {row['lr_head']:.2e}  {row['seconds']:.1f}s"
         + (" *" if improved else "")
     )
+    if stopper.should_stop:
+        print(f"early stop: no better validation loss for {patience} epochs")

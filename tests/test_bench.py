@@ -131,7 +131,7 @@ def test_comparison_variants_differ_from_the_engine_in_one_step():
 
 def test_cpu_schedule_estimate_scales_with_work():
     """The run-time estimate built on ``bench train``'s measured rates (now in helpers.train)."""
-    from helpers.train import CPU_TRAINING_RATES, estimate_cpu_schedule
+    from helpers.recipe import CPU_TRAINING_RATES, estimate_cpu_schedule
 
     frozen = estimate_cpu_schedule(1910, 0, frozen=True, epochs=10)
     assert frozen["seconds_per_epoch"] == pytest.approx(1910 / CPU_TRAINING_RATES["frozen"])

@@ -19,13 +19,13 @@ from helpers.evaluate import (
     RUN_METRIC_KEYS,
     VAL_THRESHOLD_KEYS,
     evaluate_run,
-    format_metrics,
     predict_images,
     predict_proba,
 )
 from helpers.images import load_gray
 from helpers.loader import BatchLoader, prepare_data
 from helpers.metrics import CI_KEYS, compute_metrics, youden_threshold
+from helpers.report import format_metrics
 from helpers.runs import load_model_from_run
 
 

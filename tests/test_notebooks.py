@@ -31,8 +31,9 @@ from helpers.data import class_weights
 from helpers.loader import prepare_data
 from helpers.model import PneumoniaNet, build_model, parameter_groups
 from helpers.notebooks import NOTEBOOKS, NotebookError, run_notebooks
+from helpers.recipe import make_optimizer, use_scratch_batchnorm, weighted_loss
 from helpers.runs import notebook_run_dir
-from helpers.train import make_optimizer, run_epoch, use_scratch_batchnorm, weighted_loss
+from helpers.train import run_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"

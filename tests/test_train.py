@@ -18,6 +18,7 @@ from helpers import runs
 from helpers.config import Config
 from helpers.evaluate import evaluate_run
 from helpers.loader import BatchLoader, prepare_data
+from helpers.recipe import make_optimizer
 from helpers.runs import (
     HISTORY_COLUMNS,
     RunError,
@@ -25,7 +26,7 @@ from helpers.runs import (
     load_model_from_run,
     read_history,
 )
-from helpers.train import make_optimizer, run_epoch, train
+from helpers.train import run_epoch, train
 
 QUICK = Config().quick_mode().replace(pretrained="none")
 TINY = QUICK.replace(image_size=32, subset=120, epochs=3)
