@@ -1,11 +1,13 @@
-"""Regenerate the README's figures (``docs/figures/``) from data and a trained run.
+"""Reports: the README's figures (``docs/figures/``) and the text report of an evaluation.
 
 ``python -m helpers figures --eda-data DIR --samples-data DIR --run RUN`` draws, with the
 same plotting functions the notebooks use: the class balance of the training split, the
-image-size histograms, resized samples of both classes, the training history, and the
-confusion matrix and ROC curve of the run's last evaluation (``metrics-<split>.json`` and
-``predictions-<split>.csv`` written by ``python -m helpers evaluate``). Each figure is listed
-in ``docs/figures/README.md`` with what produced it, so a caption never outruns the data.
+image-size histograms, resized samples of both classes, the training history, and, from the
+run's last evaluation (``metrics-<split>.json`` and ``predictions-<split>.csv`` written by
+``python -m helpers evaluate``), the article's Table 2 (``table2.md``), its Fig. 7 (the
+confusion matrix in counts and row-normalised) and the ROC and precision-recall curves. Each
+file is listed in ``docs/figures/README.md`` with what produced it, so a caption never outruns
+the data. :func:`format_metrics` is what ``python -m helpers evaluate`` prints.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
+from sklearn.metrics import classification_report, precision_recall_curve, roc_curve
 
 from helpers.config import CLASSES
 from helpers.data import scan
@@ -29,6 +31,7 @@ from helpers.plots import (
     plot_confusion_pair,
     plot_history,
     plot_image_grid,
+    plot_pr,
     plot_roc,
     plot_size_histograms,
 )
@@ -89,8 +92,13 @@ def make_figures(
     fpr, tpr, _ = roc_curve(y, p)
     at_half = (1 - metrics["specificity"], metrics["sensitivity"])  # (fpr, tpr) at 0.5
     plot_roc(fpr, tpr, metrics["roc_auc"], {"threshold 0.5": at_half}, save=out / "roc.png")
+    precision, recall, _ = precision_recall_curve(y, p)
+    plot_pr(recall, precision, metrics["average_precision"], float(y.mean()), save=out / "pr.png")
+    report = classification_report(y, (p >= 0.5).astype(int), target_names=list(CLASSES), digits=3)
+    atomic_write_text(out / "table2.md", f"```\n{report}```\n")
     where = f"{metrics['n_images']} images of {metrics['data_root']} ({split} split)"
-    made["confusion_matrix.png"] = made["roc.png"] = f"run {run_dir.name} evaluated on {where}"
+    for name in ("table2.md", "confusion_matrix.png", "roc.png", "pr.png"):
+        made[name] = f"run {run_dir.name} evaluated on {where}"
 
     lines = ["# Figures and what produced them", "", "| figure | produced from |", "| --- | --- |"]
     lines += [f"| `{name}` | {source} |" for name, source in made.items()]

@@ -25,13 +25,17 @@ def test_figures_from_an_evaluated_run(
         "training_history.png",
         "confusion_matrix.png",
         "roc.png",
+        "pr.png",
     }
     assert {p.name for p in out.glob("*.png")} == names
     for name in names:
         with Image.open(out / name) as img:
             assert img.width > 200
         assert (out / name).stat().st_size < 300_000
+    table2 = (out / "table2.md").read_text()
+    for row in ("NORMAL", "PNEUMONIA", "accuracy", "weighted avg"):
+        assert row in table2
     table = (out / "README.md").read_text()
-    assert all(f"`{name}`" in table for name in names)
+    assert all(f"`{name}`" in table for name in names | {"table2.md"})
     assert "weights none" in table and str(demo_root) in table
     assert "roc.png" in capsys.readouterr().out
