@@ -279,9 +279,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     scores = []
     try:
         for run in args.runs:
-            scores.append(score_run(run, args.data_label))
+            scores.append(score_run(run, args.data_label, n_resamples=args.resamples))
             if (run / "predictions-test-tta.csv").is_file():
-                scores.append(score_run(run, args.data_label, tta=True))
+                scores.append(score_run(run, args.data_label, True, args.resamples))
         write_results(scores, args.out)
     except (RunError, ValueError) as err:
         raise CliError(str(err)) from err
@@ -408,6 +408,7 @@ def _add_tool_commands(sub: Any) -> None:
     p.add_argument(
         "--data-label", default="../shared/data/kermany-224", help="data folder in the commands"
     )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("figures", help="regenerate the README's figures (docs/figures)")

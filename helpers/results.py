@@ -85,10 +85,10 @@ def recipe_name(config: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _scores(y, p, patients, threshold: float, seed: int) -> dict[str, Any]:
+def _scores(y, p, patients, threshold: float, seed: int, n_resamples: int) -> dict[str, Any]:
     """Point metrics at ``threshold`` and patient-bootstrap intervals of the main ones."""
     point = compute_metrics(y, p, threshold)
-    ci = bootstrap_ci(y, p, threshold, groups=patients, n_resamples=1000, seed=seed)
+    ci = bootstrap_ci(y, p, threshold, groups=patients, n_resamples=n_resamples, seed=seed)
     keys = ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
     return {key: point[key] for key in keys} | {
         "threshold": threshold,
@@ -96,8 +96,11 @@ def _scores(y, p, patients, threshold: float, seed: int) -> dict[str, Any]:
     }
 
 
-def score_run(run_dir: str | Path, data_label: str, tta: bool = False) -> RunScore:
-    """Score one evaluated run on the full test split and on its two halves."""
+def score_run(
+    run_dir: str | Path, data_label: str, tta: bool = False, n_resamples: int = 1000
+) -> RunScore:
+    """Score one evaluated run on the full test split and on its two halves (``data_label``:
+    the data folder to name in the reproducing command)."""
     run_dir = Path(run_dir)
     name = "test-tta" if tta else "test"
     predictions_path = run_dir / f"predictions-{name}.csv"
@@ -128,7 +131,8 @@ def score_run(run_dir: str | Path, data_label: str, tta: bool = False) -> RunSco
             table["patient"].to_numpy(),
         )
         subsets[subset] = {
-            rule: _scores(y, p, patients, t, config["seed"]) for rule, t in thresholds.items()
+            rule: _scores(y, p, patients, t, config["seed"], n_resamples)
+            for rule, t in thresholds.items()
         }
     return RunScore(
         name=run_dir.name,

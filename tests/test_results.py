@@ -24,7 +24,7 @@ def evaluated(quick_run, session_outputs, tmp_path_factory):
 
 
 def test_a_run_is_scored_on_the_full_split_and_both_halves(evaluated):
-    score = score_run(evaluated, "DATA")
+    score = score_run(evaluated, "DATA", n_resamples=100)
     full, choose, report = (score.subsets[k] for k in ("full", "choose", "report"))
     assert set(score.subsets) == {"full", "choose", "report"} and set(full) == set(RULES)
     assert score.thresholds["0.5"] == 0.5
@@ -63,14 +63,15 @@ def test_the_command_reproduces_the_recipe():
 def test_results_are_written_between_the_markers(evaluated, tmp_path, capsys):
     doc = tmp_path / "results.md"
     doc.write_text(f"# Results\n\nkept by hand\n\n{START}\nold\n{END}\n\nkept too\n")
-    assert cli.main(["results", str(evaluated), "--out", str(doc), "--data-label", "DATA"]) == 0
+    argv = ["results", str(evaluated), "--out", str(doc), "--data-label", "DATA"]
+    assert cli.main([*argv, "--resamples", "50"]) == 0
     text = doc.read_text()
     assert "kept by hand" in text and "kept too" in text and "\nold\n" not in text
     assert f"`{evaluated.name}`" in text and "report half" in text
     assert "1 scorings of 1 runs" in capsys.readouterr().out
     (tmp_path / "plain.md").write_text("no markers here")
     with pytest.raises(ValueError, match="markers"):
-        write_results([score_run(evaluated, "DATA")], tmp_path / "plain.md")
+        write_results([score_run(evaluated, "DATA", n_resamples=20)], tmp_path / "plain.md")
 
 
 def test_an_unevaluated_run_is_refused(quick_run, tmp_path):
