@@ -30,7 +30,7 @@ def session_outputs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quick_run(demo_root, session_outputs, tmp_path_factory):
     """The quick recipe (from scratch) trained once on the demo data, for every test that
-    needs a trained run. Tests must not change its folder: copy it first (:func:`copy_run`)."""
+    needs a trained run. Tests must not change its folder: copy it first (``shutil.copytree``)."""
     from helpers.config import Config
     from helpers.train import train
 
@@ -55,11 +55,3 @@ def _isolated_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.delenv("PNEUMONIA_DATA_DIR", raising=False)
     monkeypatch.delenv("PNEUMONIA_QUICK", raising=False)
-
-
-def copy_run(run_dir: Path, dest: Path) -> Path:
-    """A copy of a run folder, for a test that writes into it (the session's run stays as is)."""
-    import shutil
-
-    shutil.copytree(run_dir, dest)
-    return dest

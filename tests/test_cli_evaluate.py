@@ -6,12 +6,12 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from shutil import copytree
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_run
 
 from helpers import cli
 from helpers.augment import normalize_batch
@@ -42,7 +42,7 @@ class TinyRun:
 @pytest.fixture(scope="module")
 def tiny(quick_run, session_outputs, demo_root, tmp_path_factory) -> TinyRun:
     """The session's quick run (copied), evaluated on the demo test folder."""
-    run_dir = copy_run(quick_run.run_dir, tmp_path_factory.mktemp("evaluate") / "run")
+    run_dir = copytree(quick_run.run_dir, tmp_path_factory.mktemp("evaluate") / "run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
         metrics = evaluate_run(run_dir, progress=False)
@@ -129,7 +129,7 @@ def test_format_metrics_shows_the_table(tiny):
 def test_evaluate_a_folder_holding_only_test(tiny, shared_outputs, tmp_path):
     only = tmp_path / "elsewhere"
     shutil.copytree(tiny.data_root / "test", only / "test")
-    run = copy_run(tiny.run_dir, tmp_path / "run")
+    run = copytree(tiny.run_dir, tmp_path / "run")
     m = evaluate_run(run, data_dir=only, progress=False)
     assert Path(m["data_root"]) == only
     assert m["n_images"] == tiny.metrics["n_images"]
@@ -146,7 +146,7 @@ def test_evaluate_a_folder_holding_only_test(tiny, shared_outputs, tmp_path):
 def test_threshold_falls_back_to_half_when_training_data_is_gone(tiny, shared_outputs, tmp_path):
     only = tmp_path / "elsewhere"
     shutil.copytree(tiny.data_root / "test", only / "test")
-    run = copy_run(tiny.run_dir, tmp_path / "run")
+    run = copytree(tiny.run_dir, tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
     gone = tmp_path / "deleted-training-data"
     config["data"]["root"] = str(gone)
@@ -164,7 +164,7 @@ def test_threshold_falls_back_to_half_when_training_data_is_gone(tiny, shared_ou
 
 
 def test_cli_evaluate_prints_the_report(tiny, shared_outputs, tmp_path, capsys):
-    run = copy_run(tiny.run_dir, tmp_path / "run")
+    run = copytree(tiny.run_dir, tmp_path / "run")
     assert cli.main(["evaluate", "--run", str(run), "--split", "val"]) == 0
     out = capsys.readouterr().out
     assert "val split" in out and "AUROC" in out
@@ -250,7 +250,7 @@ def test_cli_export_gives_the_eager_probabilities(tiny, tmp_path, capsys, fmt):
 
 
 def test_test_time_augmentation_averages_each_image_with_its_mirror(tiny, shared_outputs, tmp_path):
-    run = copy_run(tiny.run_dir, tmp_path / "run")
+    run = copytree(tiny.run_dir, tmp_path / "run")
     m = evaluate_run(run, split="test", progress=False, tta=True)
     assert m["tta"] is True and (run / "metrics-test-tta.json").is_file()
     tta = pd.read_csv(run / "predictions-test-tta.csv")

@@ -18,11 +18,11 @@ import tomllib
 import types
 import urllib.error
 from pathlib import Path
+from shutil import copytree
 
 import nbformat
 import pytest
 import torch
-from conftest import copy_run
 
 from helpers import notebooks as notebooks_module
 from helpers.cli import main
@@ -278,7 +278,7 @@ def test_notebook_05_reuses_the_run_of_notebook_04(quick_run, demo_root, tmp_pat
     PNEUMONIA_OUTPUTS (as keep_outputs() arranges on Colab): evaluated, not retrained."""
     outputs = tmp_path / "kept-outputs"
     monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-    run = copy_run(quick_run.run_dir, notebook_run_dir())
+    run = copytree(quick_run.run_dir, notebook_run_dir())
     before = (run / "best.pt").stat().st_mtime_ns
     executed = run_notebooks(True, demo_root, tmp_path / "executed", only=["05_evaluation.ipynb"])
     nb = nbformat.read(executed / "05_evaluation.ipynb", as_version=4)

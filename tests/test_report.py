@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import copy_run
+from shutil import copytree
+
 from PIL import Image
 
 from helpers import cli
@@ -13,7 +14,7 @@ def test_figures_from_an_evaluated_run(
     quick_run, session_outputs, demo_root, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-    run = copy_run(quick_run.run_dir, tmp_path / "run")
+    run = copytree(quick_run.run_dir, tmp_path / "run")
     evaluate_run(run, progress=False, n_resamples=100)
     out = tmp_path / "figures"
     argv = ["figures", "--eda-data", str(demo_root), "--samples-data", str(demo_root)]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from shutil import copytree
+
 import pandas as pd
 import pytest
-from conftest import copy_run
 
 from helpers import cli
 from helpers.config import Config
@@ -16,7 +17,7 @@ from helpers.runs import RunError
 
 @pytest.fixture(scope="module")
 def evaluated(quick_run, session_outputs, tmp_path_factory):
-    run = copy_run(quick_run.run_dir, tmp_path_factory.mktemp("results") / "quick-s42")
+    run = copytree(quick_run.run_dir, tmp_path_factory.mktemp("results") / "quick-s42")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
         evaluate_run(run, progress=False, n_resamples=100)
@@ -75,7 +76,7 @@ def test_results_are_written_between_the_markers(evaluated, tmp_path, capsys):
 
 
 def test_an_unevaluated_run_is_refused(quick_run, tmp_path):
-    run = copy_run(quick_run.run_dir, tmp_path / "run")
+    run = copytree(quick_run.run_dir, tmp_path / "run")
     for name in run.glob("metrics-*"):
         name.unlink()
     with pytest.raises(RunError, match="helpers evaluate --run"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from shutil import copytree
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import copy_run
 
 from helpers import model as model_module
 from helpers import runs
@@ -192,7 +192,7 @@ def test_resume_restores_the_cuda_generators_too(monkeypatch):
 
 
 def test_resume_refuses_a_different_recipe(quick_run, demo_root, outputs, tmp_path):
-    run_dir = copy_run(quick_run.run_dir, tmp_path / "run")
+    run_dir = copytree(quick_run.run_dir, tmp_path / "run")
     with pytest.raises(RunError, match="different config.*epochs"):
         train(QUICK.replace(epochs=8), run_dir, demo_root, progress=False, resume=True)
     with pytest.raises(RunError, match="image_size"):
