@@ -75,8 +75,12 @@ def download_with_kagglehub() -> Path:
         if "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text:
             raise DatasetError(
                 f"Kaggle refused the download of {KAGGLE_DATASET} ({text.strip()[:200]}). "
-                "Set KAGGLE_USERNAME and KAGGLE_KEY (Colab: Secrets panel), run "
-                "kagglehub.login(), or download the zip by hand (see data/README.md)."
+                "On Colab: add KAGGLE_USERNAME and KAGGLE_KEY (from kaggle.com > Settings > "
+                "Create New Token) in the Secrets panel (key icon) and give this notebook "
+                "access; on Kaggle: attach the dataset with Add Input instead; elsewhere: "
+                "set those two variables, run kagglehub.login(), or download the zip by hand "
+                "(data/README.md). A 403 also means: open the dataset page once and accept "
+                "its terms."
             ) from err
         raise DatasetError(
             f"kagglehub could not download {KAGGLE_DATASET}: {text.strip()[:300]}"
