@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from layouts import jpeg, tiny_layout
 from PIL import Image
 
 from helpers import data
@@ -23,19 +24,6 @@ from helpers.data import (
 )
 
 
-def _jpeg(path: Path, size=(40, 30), mode="L") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, 128 if mode == "L" else (128, 128, 128)).save(path, format="JPEG")
-    return path
-
-
-def _tiny_layout(root: Path, splits=("train", "val", "test")) -> Path:
-    for split in splits:
-        _jpeg(root / split / "NORMAL" / "IM-0001-0001.jpeg")
-        _jpeg(root / split / "PNEUMONIA" / "person1_bacteria_1.jpeg", mode="RGB")
-    return root
-
-
 def test_pneumonia_kind():
     assert pneumonia_kind("person1_virus_6.jpeg", "PNEUMONIA") == "virus"
     assert pneumonia_kind("person3_bacteria_10.jpeg", "PNEUMONIA") == "bacteria"
@@ -44,16 +32,16 @@ def test_pneumonia_kind():
 
 
 def test_resolve_layout_plain_nested_and_partial(tmp_path):
-    plain = _tiny_layout(tmp_path / "plain" / "chest_xray")
+    plain = tiny_layout(tmp_path / "plain" / "chest_xray")
     assert set(resolve_layout(plain)) == {"train", "val", "test"}
     # The Kaggle zip: chest_xray/chest_xray/... with __MACOSX beside it.
     nested = tmp_path / "zip"
-    _tiny_layout(nested / "chest_xray" / "chest_xray")
-    _jpeg(nested / "chest_xray" / "__MACOSX" / "train" / "NORMAL" / "._x.jpeg")
+    tiny_layout(nested / "chest_xray" / "chest_xray")
+    jpeg(nested / "chest_xray" / "__MACOSX" / "train" / "NORMAL" / "._x.jpeg")
     found = resolve_layout(nested)
     assert found["train"] == nested / "chest_xray" / "chest_xray" / "train"
     # Only a test folder, pointed at either from above or directly.
-    only_test = _tiny_layout(tmp_path / "only_test", splits=("test",))
+    only_test = tiny_layout(tmp_path / "only_test", splits=("test",))
     assert set(resolve_layout(only_test)) == {"test"}
     assert set(resolve_layout(only_test / "test")) == {"test"}
 
@@ -67,7 +55,7 @@ def test_resolve_layout_errors_name_the_folder(tmp_path):
 
 
 def test_scan_columns_and_values(tmp_path):
-    root = _tiny_layout(tmp_path / "chest_xray")
+    root = tiny_layout(tmp_path / "chest_xray")
     result = scan(root)
     assert list(result.images.columns) == data.COLUMNS
     assert len(result.images) == 6 and result.problems.empty
@@ -85,7 +73,7 @@ def test_scan_columns_and_values(tmp_path):
 
 
 def test_scan_reports_corrupt_and_stray_files(tmp_path):
-    root = _tiny_layout(tmp_path / "chest_xray")
+    root = tiny_layout(tmp_path / "chest_xray")
     normal = root / "train" / "NORMAL"
     (normal / "notes.txt").write_text("my notes")
     (normal / "empty.jpeg").write_bytes(b"")
@@ -109,16 +97,16 @@ def test_scan_reports_corrupt_and_stray_files(tmp_path):
 
 def test_scan_case_insensitive_and_unknown_classes(tmp_path):
     root = tmp_path / "chest_xray"
-    _jpeg(root / "train" / "normal" / "IM-0001-0001.jpeg")
-    _jpeg(root / "train" / "pneumonia" / "person1_virus_1.jpeg")
-    _jpeg(root / "train" / "COVID" / "covid1.jpeg")
+    jpeg(root / "train" / "normal" / "IM-0001-0001.jpeg")
+    jpeg(root / "train" / "pneumonia" / "person1_virus_1.jpeg")
+    jpeg(root / "train" / "COVID" / "covid1.jpeg")
     result = scan(root)
     assert sorted(result.images.label) == ["NORMAL", "PNEUMONIA"]
     assert any("COVID" in note and "1 files ignored" in note for note in result.notes)
 
 
 def test_scan_report_usable_and_not(tmp_path):
-    root = _tiny_layout(tmp_path / "chest_xray")
+    root = tiny_layout(tmp_path / "chest_xray")
     assert scan_report(scan(root))["usable"]
     shutil.rmtree(root / "test" / "PNEUMONIA")
     report = scan_report(scan(root))

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-from PIL import Image
+from layouts import tiny_layout
 
 from helpers import sources
 from helpers.data import DatasetError, scan
 from helpers.sources import find_dataset
 
 
-def _jpeg(path: Path, size=(40, 30), mode="L") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, 128 if mode == "L" else (128, 128, 128)).save(path, format="JPEG")
-    return path
-
-
-def _tiny_layout(root: Path, splits=("train", "val", "test")) -> Path:
-    for split in splits:
-        _jpeg(root / split / "NORMAL" / "IM-0001-0001.jpeg")
-        _jpeg(root / split / "PNEUMONIA" / "person1_bacteria_1.jpeg", mode="RGB")
-    return root
-
-
 def test_find_dataset_order(tmp_path, monkeypatch):
-    explicit = _tiny_layout(tmp_path / "mine" / "chest_xray")
+    explicit = tiny_layout(tmp_path / "mine" / "chest_xray")
     assert find_dataset(explicit).source == "argument"
     monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(explicit))
     assert find_dataset().source == "env"
@@ -38,10 +24,10 @@ def test_find_dataset_order(tmp_path, monkeypatch):
     project = tmp_path / "project"
     monkeypatch.setattr(sources, "project_root", lambda: project)
     kaggle = tmp_path / "kaggle_input"
-    _tiny_layout(kaggle / "chest-xray-pneumonia" / "chest_xray")
+    tiny_layout(kaggle / "chest-xray-pneumonia" / "chest_xray")
     monkeypatch.setattr(sources, "KAGGLE_INPUT", kaggle)
     assert find_dataset().source == "kaggle-input"
-    _tiny_layout(project / "data" / "chest_xray")
+    tiny_layout(project / "data" / "chest_xray")
     assert find_dataset().source == "project"
 
 
@@ -51,7 +37,7 @@ def test_find_dataset_uses_kagglehub_when_online(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "project_root", lambda: tmp_path / "project")
     monkeypatch.setattr(sources, "KAGGLE_INPUT", tmp_path / "no_kaggle")
-    downloaded = _tiny_layout(tmp_path / "hub" / "chest_xray")
+    downloaded = tiny_layout(tmp_path / "hub" / "chest_xray")
     fake = types.SimpleNamespace(dataset_download=lambda handle: str(downloaded.parent))
     monkeypatch.setitem(sys.modules, "kagglehub", fake)
     monkeypatch.setattr(sources, "_network_answers", lambda *a, **k: True)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -50,6 +51,14 @@ def _class_counts(labels: pd.Series) -> pd.Series:
 
 
 @_styled
+def _count_bars(ax: Axes, counts: pd.Series, colors: list[str]) -> None:
+    """One bar per entry of ``counts``, labelled with its count and its share of the total."""
+    total = int(counts.sum())
+    bars = ax.bar(list(counts.index), counts.to_numpy(), color=colors, width=0.6)
+    ax.bar_label(bars, labels=[f"{n:,}\n({n / total:.0%})" for n in counts], padding=3)
+    ax.set_ylim(0, counts.max() * 1.22)
+
+
 def plot_class_balance(
     images: pd.DataFrame, split: str = "train", save: PathLike | None = None
 ) -> Figure:
@@ -67,14 +76,7 @@ def plot_class_balance(
     total = int(counts.sum())
 
     fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
-    bars = ax.bar(
-        list(CLASSES),
-        counts.to_numpy(),
-        color=[CLASS_COLORS[c] for c in CLASSES],
-        width=0.6,
-    )
-    ax.bar_label(bars, labels=[f"{n:,}\n({n / total:.0%})" for n in counts], padding=3)
-    ax.set_ylim(0, counts.max() * 1.22)
+    _count_bars(ax, counts, [CLASS_COLORS[c] for c in CLASSES])
     ax.set_ylabel("images")
     ax.set_xlabel("class")
     ax.grid(axis="x", visible=False)
@@ -148,14 +150,7 @@ def plot_pneumonia_kinds(images: pd.DataFrame, save: PathLike | None = None) -> 
     total = int(counts.sum())
 
     fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
-    bars = ax.bar(
-        list(counts.index),
-        counts.to_numpy(),
-        color=[KIND_COLORS[k] for k in counts.index],
-        width=0.6,
-    )
-    ax.bar_label(bars, labels=[f"{n:,}\n({n / total:.0%})" for n in counts], padding=3)
-    ax.set_ylim(0, counts.max() * 1.22)
+    _count_bars(ax, counts, [KIND_COLORS[k] for k in counts.index])
     ax.set_xlabel("kind of pneumonia (from the file name)")
     ax.set_ylabel("PNEUMONIA images")
     ax.grid(axis="x", visible=False)
