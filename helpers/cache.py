@@ -32,8 +32,8 @@ CACHE_FORMAT_VERSION = 1
 
 DECODE_WORKERS = 2
 """Threads decoding while the cache is built. Pillow releases the GIL while decoding and
-resizing, so two threads give about 1.9x on two cores (measured on the full-resolution
-sample); more would only compete with the rest of the machine."""
+resizing, so a second thread helps on two idle cores (``benchmarks/README.md``); more would
+only compete with the rest of the machine."""
 
 
 class ImageCache:
