@@ -42,6 +42,7 @@ def test_bench_loader_cli_quick_reports_rates_and_ratio(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_train_cli_quick_reports_rates_ratio_and_split(tmp_path, capsys, monkeypatch):
     root = make_demo_dataset(tmp_path / "demo", n_images=60, seed=3)
     returned = {}
@@ -95,6 +96,7 @@ def test_bench_train_refuses_bad_settings_before_starting_anything(tmp_path, cap
         bench_train_module.bench_train(root, pretrained="imagenet-ish")
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_reported_with_its_variant_and_traceback():
     with pytest.raises(RuntimeError, match=r"the broken worker failed:(.|\n)*KeyError"):
         run_interleaved({"broken": {"kind": "engine"}}, {}, repeats=1)

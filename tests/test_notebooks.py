@@ -273,6 +273,7 @@ def test_notebook_04_and_05_share_the_run_folder():
     assert "trained_run(config, location)" in cell_defining("05_evaluation.ipynb", "evaluate_run(")
 
 
+@pytest.mark.slow
 def test_notebook_05_reuses_the_run_of_notebook_04(quick_run, demo_root, tmp_path, monkeypatch):
     """A run folder where notebook 04 writes it, found by notebook 05 through
     PNEUMONIA_OUTPUTS (as keep_outputs() arranges on Colab): evaluated, not retrained."""

@@ -549,6 +549,7 @@ def test_cache_is_keyed_by_intensity(tmp_path, demo_root):
         load_gray(paths[0], 64, intensity="sharpen")
 
 
+@pytest.mark.slow
 def test_a_build_killed_part_way_leaves_nothing_behind(tmp_path):
     """kill -9 a cache build in another process, then build again: the dead build's
     temporary array is removed and the cache is complete."""

@@ -121,6 +121,7 @@ def fake_imagenet(tmp_path, monkeypatch):
     return state
 
 
+@pytest.mark.slow
 def test_frozen_layers_do_not_change(outputs, demo_root, tmp_path, fake_imagenet, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
     config = QUICK.replace(pretrained="imagenet", epochs=2, subset=120)
@@ -148,6 +149,7 @@ def test_frozen_layers_do_not_change(outputs, demo_root, tmp_path, fake_imagenet
             assert torch.equal(buffer.cpu(), fake_imagenet[name]), name
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(outputs, demo_root, tmp_path):
     """Kill after epoch 1 (``stop_after``), leave a half-written checkpoint as a kill during a
     write would, resume, and get the same history, weights and metrics as a straight run.
@@ -236,6 +238,7 @@ def test_prepare_data_skips_unreadable_files(outputs, tmp_path):
     assert all("broken" not in p for p in data.splits["train"].path)
 
 
+@pytest.mark.slow
 def test_cli_quick_train(outputs, demo_root, tmp_path):
     env = {"PNEUMONIA_OUTPUTS": str(outputs), "PATH": "/usr/bin:/bin"}
     run = subprocess.run(
