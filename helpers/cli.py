@@ -81,13 +81,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from helpers.runs import RunError
     from helpers.train import train
 
-    config = config_from_env()
+    weights = args.pretrained if args.pretrained in ("imagenet", "none") else None
+    config = config_from_env(weights=weights)  # "auto": the weights this machine can have
     if args.quick:
         config = config.quick_mode()
     overrides = {
         "epochs": args.epochs,
         "image_size": args.image_size,
-        "pretrained": args.pretrained,
         "seed": args.seed,
         "batch_size": args.batch_size,
         "augment": args.augment,
@@ -352,13 +352,18 @@ def _add_train_command(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
     p.add_argument("--image-size", type=int, help="square image size (default 256)")
-    p.add_argument("--pretrained", choices=["auto", "imagenet", "none"])
+    p.add_argument(
+        "--pretrained",
+        choices=["auto", "imagenet", "none"],
+        help="imagenet: the article's recipe; none: this project's from-scratch recipe; "
+        "auto (default): imagenet when the weights can be had",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument(
         "--augment",
-        choices=["robust", "article", "framing"],
-        help="training augmentation: the article's exactly, or wider exposure/contrast/zoom (default)",
+        choices=["article", "robust", "framing"],
+        help="training augmentation (default: article with ImageNet weights, framing from scratch)",
     )
     p.add_argument(
         "--intensity",

@@ -61,6 +61,16 @@ def weights_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
 
+def imagenet_weights_reachable(timeout: float = 1.5) -> bool:
+    """True when the ImageNet weights are in torchvision's cache, or their server answers
+    within ``timeout`` seconds (so a download can be tried; it still may fail)."""
+    from helpers.sources import network_answers
+
+    if weights_cache_path().is_file():
+        return True
+    return network_answers(urlparse(imagenet_weights().url).hostname, 443, timeout)
+
+
 def load_imagenet_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
     """Return the ImageNet state dict of ``mobilenet_v3_small``, from the cache or the web.
 

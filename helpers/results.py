@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from helpers.config import Config
+from helpers.config import SCRATCH_RECIPE, Config
 from helpers.data import test_halves
 from helpers.evaluate import HEADLINE_THRESHOLD
 from helpers.metrics import bootstrap_ci, compute_metrics, youden_threshold
@@ -66,11 +66,14 @@ class RunScore:
 
 
 def train_command(config: dict[str, Any], run_name: str, data: str) -> str:
-    """The ``train`` command that reproduces a run: every flag whose value is not the default."""
+    """The ``train`` command that reproduces a run: the weights, size, seed and augmentation
+    always (the default augmentation depends on the weights), every other flag whose value is
+    not the article's."""
     default = Config().to_dict()
+    always = {"pretrained", "image_size", "seed", "augment", *SCRATCH_RECIPE}
     flags = [f"--data {data}", f"--out outputs/runs/{run_name}"]
     for field, flag in CLI_FLAGS.items():
-        if field in ("pretrained", "image_size", "seed") or config.get(field) != default[field]:
+        if field in always or config.get(field) != default[field]:
             flags.append(f"{flag} {config[field]}")
     return "python -m helpers train " + " ".join(flags)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +38,25 @@ class DatasetLocation:
         return is_demo_folder(self.root)
 
 
-def _network_answers(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
-    """True when a TCP connection to ``host`` opens within ``timeout`` seconds (never hangs)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def network_answers(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host`` opens within ``timeout`` seconds.
+
+    The name lookup is bounded too (it runs in a helper thread that is abandoned after
+    ``timeout``): an offline machine's resolver can otherwise take several seconds to give up.
+    """
+    answered = threading.Event()
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answered.set()
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return answered.is_set()
 
 
 def _kaggle_input_dataset() -> Path | None:
@@ -137,7 +150,7 @@ def find_dataset(
     kaggle = _kaggle_input_dataset()
     if kaggle is not None:
         return DatasetLocation(kaggle, "kaggle-input")
-    if download and _kagglehub_available() and _network_answers():
+    if download and _kagglehub_available() and network_answers():
         return DatasetLocation(download_with_kagglehub(), "kagglehub")
     from helpers.demo import make_demo_dataset
 

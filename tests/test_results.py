@@ -47,7 +47,7 @@ def test_a_run_is_scored_on_the_full_split_and_both_halves(evaluated):
 
 
 def test_the_command_reproduces_the_recipe():
-    config = Config().replace(pretrained="none", image_size=128, augment="article", ema_decay=0.99)
+    config = Config().for_weights("none").replace(image_size=128, augment="article", ema_decay=0.99)
     command = train_command(config.to_dict(), "run-a", "DATA")
     assert command.startswith("python -m helpers train --data DATA --out outputs/runs/run-a")
     for flag in (

@@ -40,7 +40,7 @@ def test_find_dataset_uses_kagglehub_when_online(tmp_path, monkeypatch):
     downloaded = tiny_layout(tmp_path / "hub" / "chest_xray")
     fake = types.SimpleNamespace(dataset_download=lambda handle: str(downloaded.parent))
     monkeypatch.setitem(sys.modules, "kagglehub", fake)
-    monkeypatch.setattr(sources, "_network_answers", lambda *a, **k: True)
+    monkeypatch.setattr(sources, "network_answers", lambda *a, **k: True)
     location = find_dataset()
     assert location.source == "kagglehub" and not location.is_demo
 
@@ -55,7 +55,7 @@ def test_find_dataset_uses_kagglehub_when_online(tmp_path, monkeypatch):
 def test_find_dataset_falls_back_to_demo_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "project_root", lambda: tmp_path / "project")
     monkeypatch.setattr(sources, "KAGGLE_INPUT", tmp_path / "no_kaggle")
-    monkeypatch.setattr(sources, "_network_answers", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "network_answers", lambda *a, **k: False)
     with pytest.warns(UserWarning, match="SYNTHETIC demo dataset"):
         location = find_dataset(demo_images=60)
     assert location.is_demo and location.source == "demo"
@@ -66,7 +66,7 @@ def test_network_check_fails_fast_offline():
     import time
 
     start = time.perf_counter()
-    answered = sources._network_answers("127.0.0.1", 9, timeout=0.5)  # nothing listens there
+    answered = sources.network_answers("127.0.0.1", 9, timeout=0.5)  # nothing listens there
     assert not answered and time.perf_counter() - start < 2
 
 
