@@ -13,6 +13,8 @@ Settings (environment of the training process):
   which also keeps :mod:`helpers.cpu` from choosing);
 * ``active``: ``OMP_WAIT_POLICY=ACTIVE`` (idle threads spin);
 * ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
+* ``spin-10k``, ``spin-100k``: ``GOMP_SPINCOUNT`` (how long an idle thread spins before it
+  sleeps; libgomp's default is 300,000 iterations, ``PASSIVE`` is 0);
 * ``one-thread``: ``OMP_NUM_THREADS=1``;
 * ``helpers``: the plain command line, which lets :mod:`helpers.cpu` choose (the idle cores).
 """
@@ -34,13 +36,16 @@ SETTINGS: dict[str, dict[str, str]] = {
     "helpers": {},
     "active": {"OMP_NUM_THREADS": ALL_CORES, "OMP_WAIT_POLICY": "ACTIVE"},
     "passive": {"OMP_NUM_THREADS": ALL_CORES, "OMP_WAIT_POLICY": "PASSIVE"},
+    "spin-10k": {"OMP_NUM_THREADS": ALL_CORES, "GOMP_SPINCOUNT": "10000"},
+    "spin-100k": {"OMP_NUM_THREADS": ALL_CORES, "GOMP_SPINCOUNT": "100000"},
     "one-thread": {"OMP_NUM_THREADS": "1"},
 }
 
 
 def _time_training(data: Path, outputs: Path, extra_env: dict[str, str], size: int) -> float:
     """Wall seconds of one short training run in a fresh process."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    unset = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(extra_env, PNEUMONIA_OUTPUTS=str(outputs))
     with tempfile.TemporaryDirectory() as run:
         command = [sys.executable, "-m", "helpers", "train", "--data", str(data), "--out", run]

@@ -9,7 +9,9 @@ fastest (``benchmarks/threads.py``, figures in ``benchmarks/README.md``). So the
 count the cores that are busy right now, and give torch the others (at least one).
 
 :func:`use_idle_cores` runs when :mod:`helpers` is imported, before torch in the command line
-and in the notebooks' setup cell. An ``OMP_NUM_THREADS`` set by the user always wins.
+and in the notebooks' setup cell. An ``OMP_NUM_THREADS`` set by the user always wins. CPU
+results depend on the thread count in their last digits, so a run records it
+(``config.json``) and a resumed run keeps it (:mod:`helpers.train`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from ``last.pt`` with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,13 +288,24 @@ def _restore(run_dir: Path, config: Config, device: torch.device, run: Training)
         run.ema.load_state_dict(state["ema"])
     run.stopper.load_state_dict(state)
     restore_rng_state(state)
+    _same_threads_as_before(state.get("threads"))
     print(f"resuming {run_dir} after epoch {state['epoch']}")
     return pd.read_csv(run_dir / "history.csv").to_dict(orient="records")[: state["epoch"]]
+
+
+def _same_threads_as_before(threads: int | None) -> None:
+    """Resume with the CPU thread count the run started with: results on a CPU depend on it
+    in the last digits (how sums are split between threads), and :mod:`helpers.cpu` may have
+    chosen another one for today's load. An ``OMP_NUM_THREADS`` set by the user wins."""
+    if threads and threads != torch.get_num_threads() and "OMP_NUM_THREADS" not in os.environ:
+        print(f"using {threads} CPU threads, as before the interruption")
+        torch.set_num_threads(threads)
 
 
 def _save_last(run_dir: Path, config: Config, epoch: int, run: Training) -> None:
     """Write ``last.pt``: everything :func:`_restore` needs to carry on after ``epoch``."""
     state = model_checkpoint(run.model, config, epoch)
+    state["threads"] = torch.get_num_threads()
     state.update({name: part.state_dict() for name, part in run.resumable().items()})
     state.update(ema=None if run.ema is None else run.ema.state_dict(), **run.stopper.state_dict())
     state.update(rng_state())
@@ -316,6 +328,7 @@ def _write_config(
             "weights_used": model.weights_used,
             "frozen": model.frozen,
             "device": str(device),
+            "threads": torch.get_num_threads(),
             "data": {
                 "root": str(data.location.root),
                 "source": data.location.source,
