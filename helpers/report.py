@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, precision_recall_curve, roc_curve
 
-from helpers.config import CLASSES
+from helpers.config import CLASSES, Config
 from helpers.data import scan
 from helpers.files import atomic_write_text
 from helpers.images import load_gray
@@ -35,6 +35,7 @@ from helpers.plots import (
     plot_roc,
     plot_size_histograms,
 )
+from helpers.results import train_command
 from helpers.runs import read_history
 
 
@@ -64,7 +65,8 @@ def make_figures(
 
     eda = scan(eda_data).images
     plot_class_balance(eda, split="train", save=out / "class_balance.png")
-    made["class_balance.png"] = f"`scan` of {eda_data} (train split, {len(eda):,} images)"
+    n_train = int((eda["split"] == "train").sum())
+    made["class_balance.png"] = f"`scan` of {eda_data} (train split, {n_train:,} images)"
 
     samples = scan(samples_data).images
     plot_size_histograms(samples, split="train", save=out / "size_histograms.png")
@@ -100,7 +102,20 @@ def make_figures(
     for name in ("table2.md", "confusion_matrix.png", "roc.png", "pr.png"):
         made[name] = f"run {run_dir.name} evaluated on {where}"
 
-    lines = ["# Figures and what produced them", "", "| figure | produced from |", "| --- | --- |"]
+    command = (
+        f"python -m helpers figures --eda-data {eda_data} --samples-data {samples_data} "
+        f"--run {run_dir} --split {split} --out {out}"
+    )
+    trained = train_command(Config.from_dict(recipe).to_dict(), run_dir.name, str(eda_data))
+    lines = [
+        "# Figures and what produced them",
+        "",
+        f"Made by `{command}`; the run was trained by `{trained}` and evaluated by "
+        f"`python -m helpers evaluate --run {run_dir}`.",
+        "",
+        "| figure | produced from |",
+        "| --- | --- |",
+    ]
     lines += [f"| `{name}` | {source} |" for name, source in made.items()]
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
     return made
