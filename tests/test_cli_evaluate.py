@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from helpers import cli
 from helpers.augment import normalize_batch
@@ -265,3 +266,26 @@ def test_test_time_augmentation_averages_each_image_with_its_mirror(tiny, shared
         both = (model(x).softmax(1)[:, 1] + model(x.flip(-1)).softmax(1)[:, 1]) / 2
     np.testing.assert_allclose(tta["p_pneumonia"][:5], both.numpy(), atol=1e-5)
     assert not np.allclose(tta["p_pneumonia"], plain["p_pneumonia"])
+
+
+def test_cli_predict_writes_gradcam_overlays(tiny, tmp_path, capsys):
+    paths = list(_predictions(tiny.run_dir)["path"][:2])
+    out = tmp_path / "cams"
+    assert cli.main(["predict", "--run", str(tiny.run_dir), *paths, "--gradcam", str(out)]) == 0
+    written = sorted(out.glob("*-gradcam.png"))
+    assert [p.name for p in written] == sorted(f"{Path(p).stem}-gradcam.png" for p in paths)
+    with Image.open(written[0]) as img:
+        assert img.mode == "RGB" and img.size == (64, 64)
+    assert "Grad-CAM:" in capsys.readouterr().out
+
+
+def test_cli_export_reports_the_check_against_eager(tiny, tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    assert (
+        cli.main(
+            ["export", "--run", str(tiny.run_dir), "--format", "torchscript", "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "checked against the eager model" in printed and "ms" in printed

@@ -597,3 +597,36 @@ def test_a_running_build_keeps_its_temporary_file(tmp_path):
     dead.write_bytes(b"left by a kill")
     assert remove_interrupted_builds(tmp_path) == [dead]
     assert mine.is_file() and not dead.exists()
+
+
+def test_fetch_image_downloads_a_url_and_checks_a_path(tmp_path, monkeypatch):
+    """Notebook 06 accepts paths and URLs: a URL is downloaded (a local HTTP server here), a
+    path must exist, and a download over the size limit is refused with the reason."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from helpers.images import fetch_image
+
+    served = tmp_path / "served"
+    served.mkdir()
+    save(Image.fromarray(gradient_image()), served / "xray.png")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/xray.png"
+        got = fetch_image(url, tmp_path / "downloads")
+        assert got.read_bytes() == (served / "xray.png").read_bytes()
+        assert load_gray(got, 32).shape == (32, 32)
+        monkeypatch.setattr(images_module, "MAX_DOWNLOAD_BYTES", 100)
+        with pytest.raises(ImageError, match="larger than"):
+            fetch_image(url, tmp_path / "downloads")
+        with pytest.raises(ImageError, match="download failed"):
+            fetch_image(f"http://127.0.0.1:{server.server_port}/missing.png", tmp_path)
+    finally:
+        server.shutdown()
+    assert fetch_image(str(served / "xray.png"), tmp_path) == served / "xray.png"
+    with pytest.raises(ImageError, match="no such file"):
+        fetch_image(str(tmp_path / "nope.jpeg"), tmp_path)
