@@ -157,7 +157,7 @@ def save_gradcam_overlays(
     for path in paths:
         gray = load_gray(path, config.image_size, intensity=config.intensity)
         x = normalize_batch(torch.from_numpy(gray)[None, None]).to(device)
-        heatmap = GradCAM(model, model.features[-1])(x)[0].cpu().numpy()
+        heatmap = GradCAM(model, model.features[-1])(x)[0]
         rgb = (overlay(gray / 255.0, heatmap) * 255).astype(np.uint8)
         out = Path(folder) / f"{Path(path).stem}-gradcam.png"
         with atomic_path(out) as tmp:
