@@ -133,25 +133,31 @@ def compare_decoders(paths: list[str], size: int, repeats: int) -> dict[str, dic
 
 def time_cache(
     paths: list[str], targets: list[int], size: int, repeats: int, epoch_repeats: int
-) -> tuple[float, float, float]:
-    """(build images/s, epoch images/s, megabytes) of the cache in a temporary folder.
+) -> tuple[dict[int, float], float, float]:
+    """({decode threads: build images/s}, epoch images/s, megabytes) of the cache in a
+    temporary folder.
 
-    Each build starts from an empty folder; epochs are timed on the already-built cache,
-    after one untimed warm-up epoch.
+    Each build starts from an empty folder. Builds with one decoding thread and with
+    ``DECODE_WORKERS`` alternate, repetition by repetition, so that both see the same machine
+    load; epochs are timed on the built cache, after one untimed warm-up epoch.
     """
+    worker_counts = sorted({1, DECODE_WORKERS})
+    times: dict[int, list[float]] = {workers: [] for workers in worker_counts}
     with tempfile.TemporaryDirectory(prefix="bench-cache-", ignore_cleanup_errors=True) as tmp:
-        build_rate, cache = median_rate(
-            len(paths),
-            lambda: build_cache(paths, size, Path(tempfile.mkdtemp(dir=tmp)), progress=False),
-            repeats,
-        )
+        for _ in range(repeats):
+            for workers in worker_counts:
+                folder = Path(tempfile.mkdtemp(dir=tmp))
+                start = time.perf_counter()
+                cache = build_cache(paths, size, folder, progress=False, workers=workers)
+                times[workers].append(time.perf_counter() - start)
+        build_rates = {w: len(paths) / statistics.median(t) for w, t in times.items()}
         rows = np.flatnonzero(cache.ok)
         loader = BatchLoader(
             cache, rows, [targets[i] for i in rows], BATCH_SIZE, shuffle=True, augment=False, seed=0
         )
         consume(loader)  # warm-up epoch
         epoch_rate, _ = median_rate(len(rows), lambda: consume(loader), epoch_repeats)
-        return build_rate, epoch_rate, cache.array.nbytes / 1e6
+        return build_rates, epoch_rate, cache.array.nbytes / 1e6
 
 
 def time_naive(paths: list[str], targets: list[int], size: int, repeats: int) -> float:
@@ -193,7 +199,7 @@ def bench_loader(
     torch.set_num_threads(threads)
     try:
         decoders = compare_decoders(paths, size, repeats)
-        build_rate, cache_rate, cache_mb = time_cache(paths, targets, size, repeats, epoch_repeats)
+        build_rates, cache_rate, cache_mb = time_cache(paths, targets, size, repeats, epoch_repeats)
         naive_rate = time_naive(paths, targets, size, repeats)
     finally:
         torch.set_num_threads(previous_threads)
@@ -204,7 +210,8 @@ def bench_loader(
         "naive_images_per_s": naive_rate,
         "cache_images_per_s": cache_rate,
         "speedup": cache_rate / naive_rate,
-        "cache_build_images_per_s": build_rate,
+        "cache_build_images_per_s": build_rates[DECODE_WORKERS],
+        "cache_build_1_thread_images_per_s": build_rates[1],
         "cache_megabytes": cache_mb,
         "decoders": decoders,
     }
@@ -223,9 +230,11 @@ def print_loader_report(r: dict[str, Any]) -> None:
             f"  {DECODER_LABELS[name]:34s} {d['images_per_s']:8.1f} img/s   "
             f"mean |diff| {d['mean_abs_diff']:.3f} (worst image {d['worst_image_diff']:.3f})"
         )
+    build, build_1 = r["cache_build_images_per_s"], r["cache_build_1_thread_images_per_s"]
     print(
-        f"cache build ({DECODE_WORKERS} decode threads): {r['cache_build_images_per_s']:.1f} img/s "
-        f"({r['cache_megabytes']:.1f} MB)"
+        f"cache build ({DECODE_WORKERS} decode threads): {build:.1f} img/s "
+        f"({r['cache_megabytes']:.1f} MB); 1 decode thread: {build_1:.1f} img/s, "
+        f"{DECODE_WORKERS} threads {build / build_1:.2f}x"
     )
     print("one epoch to normalised float (B, 3, S, S), no augmentation:")
     print(

@@ -38,6 +38,7 @@ def test_bench_loader_cli_quick_reports_rates_and_ratio(tmp_path, capsys):
     assert [name for name, _ in rates] == ["naive", "cache"]
     assert all(float(rate) > 0 for _, rate in rates)
     assert re.search(r"speed-up: [\d.]+x", out)
+    assert re.search(r"1 decode thread: [\d.]+ img/s, \d threads [\d.]+x", out)
     assert main(["bench", "loader", "--data", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 
