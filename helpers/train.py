@@ -90,7 +90,8 @@ def run_epoch(
     model.train(training)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaling = scaler is not None and scaler.is_enabled()
+    # bfloat16 has float32's exponent range, so only float16 needs its loss scaled
+    scaling = use_amp and amp_dtype == torch.float16 and scaler is not None and scaler.is_enabled()
     total_loss, seen = 0.0, 0
     targets, predictions = [], []
     params = [p for p in model.parameters() if p.requires_grad]
