@@ -149,7 +149,7 @@ def estimate_cpu_schedule(
     Seconds per epoch = training images / rate + validation images / (3 x rate) (evaluation
     needs no backward pass), scaled by the pixel count relative to 256x256. Returns seconds
     per epoch and hours for ``epochs`` epochs (the maximum; early stopping usually ends
-    sooner). GPU runs are not estimated: no GPU was measured.
+    sooner). Not for GPUs: their rates depend on the card (`benchmarks/README.md` has an H200).
     """
     rate = CPU_TRAINING_RATES["frozen" if frozen else "scratch"] * (256 / image_size) ** 2
     per_epoch = n_train / rate + n_val / (3 * rate)

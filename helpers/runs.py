@@ -141,11 +141,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` saved (CUDA states only when CUDA is available)."""
-    torch.set_rng_state(state["torch_rng"])
+    """Put back what :func:`rng_state` saved (CUDA states only when CUDA is available).
+
+    The states must be CPU tensors, and a checkpoint loaded with ``map_location="cuda"`` has
+    moved them to the GPU: they are brought back first.
+    """
+    torch.set_rng_state(state["torch_rng"].cpu())
     cuda = state.get("cuda_rng")
     if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 # --- config.json and history.csv ------------------------------------------------------------

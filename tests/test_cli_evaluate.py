@@ -42,11 +42,15 @@ class TinyRun:
 
 @pytest.fixture(scope="module")
 def tiny(quick_run, session_outputs, demo_root, tmp_path_factory) -> TinyRun:
-    """The session's quick run (copied), evaluated on the demo test folder."""
+    """The session's quick run (copied), evaluated on the demo test folder.
+
+    On the CPU even where there is a GPU: the tests compare its probabilities with ones
+    computed on the CPU, and a GPU's convolutions (TF32) differ from those in the 4th digit.
+    """
     run_dir = copytree(quick_run.run_dir, tmp_path_factory.mktemp("evaluate") / "run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-        metrics = evaluate_run(run_dir, progress=False)
+        metrics = evaluate_run(run_dir, progress=False, device="cpu")
     return TinyRun(run_dir, session_outputs, Path(demo_root), metrics)
 
 
@@ -196,7 +200,8 @@ def test_cli_predict_scores_good_files_and_names_bad_ones(tiny, tmp_path, capsys
     empty.write_bytes(b"")
     folder = tmp_path / "a-folder.jpeg"
     folder.mkdir()
-    argv = ["predict", "--run", str(tiny.run_dir), good[0], str(corrupt), str(folder)]
+    argv = ["predict", "--run", str(tiny.run_dir), "--device", "cpu", good[0], str(corrupt)]
+    argv += [str(folder)]
     argv += [str(empty), good[1]]
     assert cli.main(argv) == 1
     captured = capsys.readouterr()
@@ -252,7 +257,7 @@ def test_cli_export_gives_the_eager_probabilities(tiny, tmp_path, capsys, fmt):
 
 def test_test_time_augmentation_averages_each_image_with_its_mirror(tiny, shared_outputs, tmp_path):
     run = copytree(tiny.run_dir, tmp_path / "run")
-    m = evaluate_run(run, split="test", progress=False, tta=True)
+    m = evaluate_run(run, split="test", progress=False, tta=True, device="cpu")
     assert m["tta"] is True and (run / "metrics-test-tta.json").is_file()
     tta = pd.read_csv(run / "predictions-test-tta.csv")
     plain = _predictions(tiny.run_dir)
