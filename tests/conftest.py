@@ -27,6 +27,14 @@ def session_outputs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("session-outputs")
 
 
+@pytest.fixture()
+def outputs(session_outputs, monkeypatch) -> Path:
+    """Point ``PNEUMONIA_OUTPUTS`` at the session's folder, so that a test's training runs
+    reuse its image caches instead of decoding the images again."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    return session_outputs
+
+
 @pytest.fixture(scope="session")
 def quick_run(demo_root, session_outputs, tmp_path_factory):
     """The quick recipe (from scratch) trained once on the demo data, for every test that

@@ -201,8 +201,7 @@ def test_cli_predict_scores_good_files_and_names_bad_ones(tiny, tmp_path, capsys
     folder = tmp_path / "a-folder.jpeg"
     folder.mkdir()
     argv = ["predict", "--run", str(tiny.run_dir), "--device", "cpu", good[0], str(corrupt)]
-    argv += [str(folder)]
-    argv += [str(empty), good[1]]
+    argv += [str(folder), str(empty), good[1]]
     assert cli.main(argv) == 1
     captured = capsys.readouterr()
     lines = captured.out.splitlines()

@@ -22,10 +22,8 @@ import torch
 from helpers.config import Config
 from helpers.data import class_weights
 from helpers.loader import prepare_data
-from helpers.model import build_model
-from helpers.recipe import make_optimizer, seed_everything, to_channels_last, weighted_loss
 from helpers.runs import load_model_from_run
-from helpers.train import run_epoch, train
+from helpers.train import run_epoch, start_training, train
 
 pytestmark = [
     pytest.mark.cuda,
@@ -44,43 +42,36 @@ the losses by far more than this."""
 
 
 @pytest.fixture()
-def outputs(session_outputs, monkeypatch):
-    """The session's outputs folder, so that the runs here decode the images once."""
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-    return session_outputs
-
-
-@pytest.fixture()
 def deterministic_cudnn(monkeypatch):
     """cuDNN's deterministic algorithms, for the length of one test."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
 
 
-def _one_training_epoch(demo_root: Path, scaler: torch.amp.GradScaler):
-    """Train a fresh from-scratch model for one epoch of TINY on CUDA, recording the dtype
-    the first convolution computes in. Returns (model before, model after, result, dtypes)."""
+def _one_training_epoch(demo_root: Path):
+    """Train a fresh from-scratch model for one epoch of TINY on CUDA, built as ``train()``
+    builds it, recording the dtype the first convolution computes in.
+    Returns (weights before, model after, result, dtypes, the run's GradScaler)."""
     device = torch.device("cuda")
     data = prepare_data(TINY, demo_root, progress=False)
     loader = data.loader("train", TINY, device)
-    seed_everything(TINY.seed)
-    model = to_channels_last(build_model("none", TINY.dropout, TINY.trainable_blocks), device)
-    model = model.to(device)
+    run = start_training(TINY, class_weights(loader.targets.tolist()), device)
+    model = run.model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     dtypes: list[torch.dtype] = []
     model.features[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
-    criterion = weighted_loss(class_weights(loader.targets.tolist()), TINY, device)
-    optimizer, _ = make_optimizer(model, TINY)
-    result = run_epoch(model, loader, criterion, device, optimizer, scaler, TINY.grad_clip)
-    return before, model, result, dtypes
+    result = run_epoch(
+        model, loader, run.criterion, device, run.optimizer, run.scaler, TINY.grad_clip
+    )
+    return before, model, result, dtypes, run.scaler
 
 
 def test_bfloat16_mixed_precision_trains(outputs, demo_root):
     """Forward in bfloat16 under autocast, backward into float32 weights that all moved."""
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
-    scaler = torch.amp.GradScaler("cuda")
-    before, model, result, dtypes = _one_training_epoch(demo_root, scaler)
+    before, model, result, dtypes, scaler = _one_training_epoch(demo_root)
+    assert scaler.is_enabled()
     assert set(dtypes) == {torch.bfloat16}
     assert np.isfinite(result.loss) and 0 < result.loss < 5
     for name, p in model.named_parameters():
@@ -94,8 +85,7 @@ def test_float16_mixed_precision_uses_the_grad_scaler(outputs, demo_root, monkey
     """On a GPU without bfloat16 (a T4) the forward runs in float16 and the loss is scaled;
     faked here by hiding bfloat16 support."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    scaler = torch.amp.GradScaler("cuda")
-    before, model, result, dtypes = _one_training_epoch(demo_root, scaler)
+    before, model, result, dtypes, scaler = _one_training_epoch(demo_root)
     assert set(dtypes) == {torch.float16}
     assert np.isfinite(result.loss) and 0 < result.loss < 5
     # the scaler was used: it counted steps without overflow, or backed off after one

@@ -32,13 +32,6 @@ QUICK = Config().quick_mode().replace(pretrained="none")
 TINY = QUICK.replace(image_size=32, subset=120, epochs=3)
 
 
-@pytest.fixture()
-def outputs(session_outputs, monkeypatch):
-    """The session's outputs folder, so that training runs reuse its image caches."""
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-    return session_outputs
-
-
 def _balanced_accuracy(model, data, split="val"):
     indices, targets = data.rows(split)
     loader = BatchLoader(data.cache, indices, targets, 64, shuffle=False, augment=False, seed=0)
