@@ -7,7 +7,10 @@
 #      TRAIN_LIMIT seconds if it has not finished by then (its history then gives the
 #      seconds per epoch to extrapolate from), and `evaluate` on the official test split.
 # Everything is printed and written under OUT: gpu-check.log, the run's history.csv,
-# config.json, metrics-test.json and best.pt.
+# config.json, metrics-test.json and best.pt. The script stops at the first step that fails
+# (set -e), and every model it scores is appended to OUT/scored.tsv (time, commit, seed, size,
+# device, epochs, metrics), so a run that is scored is logged even when a later step fails:
+# copy those rows into docs/results.md.
 #
 # Usage, from the checkout:  benchmarks/gpu-check.sh [DATA] [OUT]
 #   DATA  default ../shared/data/kermany-224 (train/ and test/)
@@ -15,7 +18,7 @@
 # Settings: DEVICE=cuda (DEVICE=cpu: a dry run of the same steps, tiny and quick, to try the
 # script on a machine without a GPU), TRAIN_LIMIT=330 (seconds), PYTHON=python3 (the
 # interpreter that has torch; the checkout is imported, nothing is installed).
-set -uo pipefail
+set -euo pipefail
 
 DATA=${1:-../shared/data/kermany-224}
 OUT=${2:-outputs/gpu-check}
@@ -52,10 +55,26 @@ fi
 
     echo "== 3. the from-scratch recipe at 256 px, seed 42 (stopped after ${TRAIN_LIMIT}s if not done)"
     start=$(date +%s)
+    status=0
     timeout "$TRAIN_LIMIT" "$PY" -m helpers train --data "$DATA" --out "$RUN" --pretrained none \
-        --image-size 256 --seed 42 --device "$DEVICE" "${TRAIN_SIZE[@]}"
-    echo "train exit status $? after $(($(date +%s) - start)) s (124: stopped at the limit)"
+        --image-size 256 --seed 42 --device "$DEVICE" "${TRAIN_SIZE[@]}" || status=$?
+    echo "train exit status $status after $(($(date +%s) - start)) s (124: stopped at the limit)"
+    # 124 (the time limit) leaves a usable best.pt; any other failure stops the script here
+    [ "$status" -eq 0 ] || [ "$status" -eq 124 ] || exit "$status"
     "$PY" -m helpers evaluate --run "$RUN" --device "$DEVICE"
     cp "$RUN"/history.csv "$RUN"/config.json "$RUN"/metrics-test.json "$RUN"/best.pt "$OUT"/
+    "$PY" - "$RUN" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$DEVICE" >> "$OUT/scored.tsv" <<'PY'
+import json, sys, time
+from pathlib import Path
+
+run, commit, device = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+config = json.loads((run / "config.json").read_text())["config"]
+m = json.loads((run / "metrics-test.json").read_text())
+keys = ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
+cells = [time.strftime("%FT%TZ", time.gmtime()), commit, str(config["seed"]),
+         str(config["image_size"]), device] + [f"{m[k]:.4f}" if k in m else "?" for k in keys]
+print("\t".join(cells))
+PY
+    echo "scored: $(tail -n 1 "$OUT/scored.tsv")"
     echo "== done $(date -u +%FT%TZ)"
 } 2>&1 | tee "$OUT/gpu-check.log"
