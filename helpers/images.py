@@ -161,22 +161,16 @@ def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {mode!r}")
 
 
-def load_gray(
-    path: str | Path, size: int, *, draft: bool = True, intensity: str = "none"
-) -> np.ndarray:
-    """Decode one image file to a uint8 ``(size, size)`` grayscale array (bicubic, squashed).
+def open_upright(path: str | Path, draft: tuple[str, int] | None = None) -> Image.Image:
+    """Open and decode one image file, upright: its EXIF orientation (phone photos) applied.
 
-    An EXIF orientation tag (phone photos) is applied first, so the image is upright;
-    ``intensity`` then applies a per-image normalisation (:func:`normalize_intensity`).
-
-    JPEGs are decoded with ``Image.draft`` at a reduced DCT scale when the target is much
-    smaller (never below ``DRAFT_FACTOR x size``); ``draft=False`` forces a full decode.
-    Raises :class:`ImageError` naming the file for a missing/empty/truncated file, something
-    that is not an image, an unsupported mode, or more than ``MAX_PIXELS`` pixels.
+    ``draft=(mode, size)`` lets a JPEG decode at a reduced DCT scale in ``mode`` (``"L"`` or
+    ``"RGB"``), never below ``size`` pixels a side; other formats decode in full. Raises
+    :class:`ImageError` naming the file for a missing/empty/truncated file, something that is
+    not an image, or more than ``MAX_PIXELS`` pixels. :func:`load_gray` and the input check
+    (:mod:`helpers.inputcheck`) both read files through it.
     """
     path = Path(path)
-    if intensity not in INTENSITY_CHOICES:
-        raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
     try:
         nbytes = path.stat().st_size
     except OSError as err:
@@ -192,11 +186,10 @@ def load_gray(
                     f"decompression bomb refused: {width}x{height} = "
                     f"{width * height / 1e6:.0f} megapixels > {MAX_PIXELS / 1e6:.0f} MP limit",
                 )
-            if draft and image.format == "JPEG":
-                image.draft("L", (DRAFT_FACTOR * size, DRAFT_FACTOR * size))
+            if draft is not None and image.format == "JPEG":
+                image.draft(draft[0], (draft[1], draft[1]))
             image.load()
-            upright = ImageOps.exif_transpose(image)  # a phone photo's rotation, applied
-            return normalize_intensity(gray_resize(upright, size), intensity)
+            return ImageOps.exif_transpose(image)  # a phone photo's rotation, applied (a copy)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
@@ -205,8 +198,30 @@ def load_gray(
         raise ImageError(path, "not an image (Pillow cannot identify the file format)") from err
     except (OSError, SyntaxError, EOFError) as err:
         raise ImageError(path, f"truncated or corrupt image data ({err})") from err
+
+
+def load_gray(
+    path: str | Path, size: int, *, draft: bool = True, intensity: str = "none"
+) -> np.ndarray:
+    """Decode one image file to a uint8 ``(size, size)`` grayscale array (bicubic, squashed).
+
+    An EXIF orientation tag (phone photos) is applied first, so the image is upright;
+    ``intensity`` then applies a per-image normalisation (:func:`normalize_intensity`).
+
+    JPEGs are decoded with ``Image.draft`` at a reduced DCT scale when the target is much
+    smaller (never below ``DRAFT_FACTOR x size``); ``draft=False`` forces a full decode.
+    Raises :class:`ImageError` naming the file for a missing/empty/truncated file, something
+    that is not an image, an unsupported mode, or more than ``MAX_PIXELS`` pixels.
+    """
+    if intensity not in INTENSITY_CHOICES:
+        raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
+    upright = open_upright(path, ("L", DRAFT_FACTOR * size) if draft else None)
+    try:
+        return normalize_intensity(gray_resize(upright, size), intensity)
     except ValueError as err:  # e.g. a mode Pillow cannot convert to grey
         raise ImageError(path, f"cannot convert to grayscale ({err})") from err
+    except OSError as err:
+        raise ImageError(path, f"truncated or corrupt image data ({err})") from err
 
 
 MAX_DOWNLOAD_BYTES = 50_000_000
