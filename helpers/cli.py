@@ -135,36 +135,85 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """One line per image: path, label, P(pneumonia); unreadable files named on stderr (exit 1).
+    """One line per image: path, label, P(pneumonia), and the input check's flag if any;
+    unreadable files named on stderr (exit 1).
 
-    ``--gradcam DIR`` also writes each image with its Grad-CAM heatmap to ``DIR/<name>.png``.
+    The input check (:mod:`helpers.inputcheck`) compares each picture with the run's training
+    images: a flagged one gets ``FLAGGED: <reasons>`` beside its probability and a warning on
+    stderr (exit 0), or with ``--strict`` is refused, without a probability (exit 1).
+    ``--crop-border`` crops a uniform frame (a light box, a monitor) before the model and the
+    check see the picture; ``--save-input DIR`` writes what the model sees to
+    ``DIR/<name>-input.png``. ``--gradcam DIR`` also writes each image with its Grad-CAM heatmap
+    to ``DIR/<name>.png``.
     """
     from helpers.evaluate import predict_images
+    from helpers.inputcheck import STATS_FILE, check_image, read_input_stats
     from helpers.recipe import pick_device
     from helpers.runs import RunError, load_model_from_run
 
     device = pick_device(args.device)
     try:
         model, config, _ = load_model_from_run(args.run, "best.pt", device=device)
-    except RunError as err:
+        stats, source = read_input_stats(args.run)
+    except (RunError, ValueError) as err:
         raise CliError(str(err)) from err
+    if not (Path(args.run) / STATS_FILE).is_file():  # an older run: say what is used instead
+        print(f"input check: {source}", file=sys.stderr)
     results = predict_images(
-        model, args.images, config.image_size, device, intensity=config.intensity
-    )
-    failed = 0
+        model, args.images, config.image_size, device, intensity=config.intensity,
+        crop_border=args.crop_border,
+    )  # fmt: skip
+    failed, flagged, shown = 0, 0, []
     for result in results:
         if result.error is not None:
             print(f"error: {result.path}: {result.error}", file=sys.stderr)
             failed += 1
-        else:
-            print(f"{result.path}  {result.label()}  P(pneumonia)={result.p_pneumonia:.3f}")
+            continue
+        check = check_image(result.path, stats, crop_border=args.crop_border)
+        flagged += not check.ok
+        if args.strict and not check.ok:
+            print(f"refused: {result.path}: {check.summary()}", file=sys.stderr)
+            continue
+        line = f"{result.path}  {result.label()}  P(pneumonia)={result.p_pneumonia:.3f}"
+        if not check.ok:
+            line += f"  FLAGGED: {check.summary()}"
+        elif check.crop_box is not None:
+            line += f"  ({check.summary()})"
+        print(line)
+        shown.append(Path(result.path))
+    if flagged and not args.strict:
+        print(
+            f"warning: {flagged} of {len(results) - failed} images do not look like the X-rays "
+            "the model was trained on (FLAGGED above): their probabilities mean little; "
+            "--strict refuses them",
+            file=sys.stderr,
+        )
+    if args.save_input is not None:
+        for path in _save_model_inputs(shown, config, args.crop_border, args.save_input):
+            print(f"model input: {path}")
     if args.gradcam is not None:
         from helpers.explain import save_gradcam_overlays
 
-        good = [Path(r.path) for r in results if r.error is None]
-        for path in save_gradcam_overlays(model, good, config, args.gradcam):
+        for path in save_gradcam_overlays(model, shown, config, args.gradcam):
             print(f"Grad-CAM: {path}")
-    return 1 if failed else 0
+    return 1 if failed or (args.strict and flagged) else 0
+
+
+def _save_model_inputs(paths: list[Path], config: Any, crop: bool, folder: Path) -> list[Path]:
+    """Write the grey picture the model sees for each file to ``folder/<name>-input.png``."""
+    from PIL import Image
+
+    from helpers.files import atomic_path
+    from helpers.inputcheck import model_input
+
+    written = []
+    for path in paths:
+        array, _ = model_input(path, config.image_size, config.intensity, crop)
+        target = folder / f"{path.stem}-input.png"
+        with atomic_path(target) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
+        written.append(target)
+    return written
 
 
 EXPORT_NAMES = {"torchscript": "model-torchscript.pt", "onnx": "model.onnx"}
@@ -395,6 +444,19 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     p.add_argument("--gradcam", type=Path, metavar="DIR", help="also save Grad-CAM overlays")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse images the input check flags (exit 1) instead of warning",
+    )
+    p.add_argument(
+        "--crop-border",
+        action="store_true",
+        help="crop a uniform frame (light box, monitor) before the model sees the picture",
+    )
+    p.add_argument(
+        "--save-input", type=Path, metavar="DIR", help="save the picture the model sees (PNG)"
+    )
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_predict)
 

@@ -25,7 +25,8 @@ from helpers.cache import ImageCache, build_cache
 from helpers.config import CLASSES, Config, outputs_dir
 from helpers.data import DatasetError, make_splits, patient_id, scan
 from helpers.files import atomic_write_text
-from helpers.images import ImageError, load_gray
+from helpers.images import ImageError
+from helpers.inputcheck import model_input
 from helpers.loader import BatchLoader, PreparedData, cache_rows, prepare_data
 from helpers.metrics import CI_KEYS, bootstrap_ci, compute_metrics, youden_threshold
 from helpers.recipe import pick_device
@@ -362,6 +363,7 @@ def predict_images(
     device: str | torch.device = "cpu",
     batch_size: int = 64,
     intensity: str = "none",
+    crop_border: bool = False,
 ) -> list[ImagePrediction]:
     """P(pneumonia) for image files, one :class:`ImagePrediction` per path, in order.
 
@@ -369,8 +371,10 @@ def predict_images(
     normalisation) and normalised with
     :func:`normalize_batch`: the very steps of the evaluation cache and loader, so a file
     gets the probability :func:`evaluate_run` gives it (up to float rounding between batch
-    sizes). A file that cannot be used (missing, empty, corrupt, a directory) gets ``error``
-    with the reason instead; the others are still scored.
+    sizes). ``crop_border=True`` first crops a uniform frame (a light box, a monitor) from a
+    picture that has one (:func:`helpers.inputcheck.model_input`). A file that cannot be used
+    (missing, empty, corrupt, a directory) gets ``error`` with the reason instead; the others
+    are still scored.
     """
     results: list[ImagePrediction | None] = [None] * len(paths)
     for start in range(0, len(paths), batch_size):
@@ -384,7 +388,7 @@ def predict_images(
                 )
                 continue
             try:
-                arrays.append(load_gray(path, image_size, intensity=intensity))
+                arrays.append(model_input(path, image_size, intensity, crop_border)[0])
                 positions.append(pos)
             except ImageError as err:
                 results[pos] = ImagePrediction(str(paths[pos]), None, err.reason)

@@ -48,7 +48,7 @@ def tinted(image: Image.Image, tint: tuple[float, float, float] = (1.0, 0.85, 0.
     """``image`` with its red, green and blue channels scaled by ``tint``: the warm cast of a
     light box or a screen photographed without white balance."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) * np.asarray(tint, dtype=np.float32)
-    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
 
 
 def negative(image: Image.Image) -> Image.Image:
@@ -61,7 +61,7 @@ def noise_image(size: tuple[int, int] = (512, 512), seed: int = 0) -> Image.Imag
     """A grey image of uniform random noise (``size`` = width, height): no X-ray at all."""
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, size=(size[1], size[0]), dtype=np.uint8)
-    return Image.fromarray(pixels, mode="L")
+    return Image.fromarray(pixels)
 
 
 def save_sideways_jpeg(image: Image.Image, path: str | Path, quality: int = 92) -> Path:

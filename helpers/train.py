@@ -30,6 +30,7 @@ from torch import nn
 from helpers.config import Config
 from helpers.data import class_weights
 from helpers.fold import with_folded_prefix
+from helpers.inputcheck import write_input_stats
 from helpers.loader import BatchLoader, PreparedData, prepare_data
 from helpers.model import PneumoniaNet, build_model
 from helpers.recipe import (
@@ -219,6 +220,7 @@ def train(
     if resume and (run_dir / "last.pt").is_file():
         history = _restore(run_dir, config, dev, run)
     _write_config(run_dir, config, run.model, dev, data, weights)
+    write_input_stats(run_dir, data.splits["train"], config.seed)  # for the input check
 
     fast = with_folded_prefix(run.model)  # the same function, faster when a prefix is frozen
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
