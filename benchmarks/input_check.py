@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -161,26 +162,52 @@ def cmd_variants(args: argparse.Namespace) -> None:
     for k, picture in enumerate([noise_image(seed=1), _chart()]):
         rows.append(_verdict(["noise", "ROC chart"][k], None, picture, stats, scorer, folder))
     table = pd.DataFrame(rows)
-    pd.set_option("display.width", 200)
-    summary = table.groupby("variant", sort=False).agg(
-        images=("flagged", "size"), flagged=("flagged", "sum"), reasons=("reasons", _common)
-    )
+    if args.out:
+        table.to_csv(args.out, index=False)
+    groups = table.groupby("variant", sort=False)
+    summary = pd.DataFrame({
+        "images": groups.size(),
+        "flagged": groups["flagged"].sum(),
+        "reasons": groups["reasons"].agg(_common),
+        "flagged after crop": groups["cropped_flagged"].sum(),
+    })  # fmt: skip
     if scorer is not None:
-        table["p_error"] = (table["p"] - table["p_original"]).abs()
-        table["p_error_cropped"] = (table["p_cropped"] - table["p_original"]).abs()
-        summary = summary.join(
-            table.groupby("variant", sort=False)[["p_error", "p_error_cropped"]]
-            .agg(["mean", "max"])
-            .round(3)
-        )
-    print(summary.to_string())
-    print("\nper image (first two):")
-    print(
-        table[table["image"].isin(table["image"].dropna().unique()[:2]) | table["image"].isna()]
-        .drop(columns=["reasons"])
-        .round(3)
-        .to_string()
-    )
+        for name, column in (("|dP| as is", "p"), ("|dP| cropped", "p_cropped")):
+            error = (table[column] - table["p_original"]).abs()
+            summary[f"{name} mean"] = error.groupby(table["variant"], sort=False).mean()
+            summary[f"{name} max"] = error.groupby(table["variant"], sort=False).max()
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_colwidth", 60)
+    print(summary.round(3).to_string())
+    if scorer is not None:
+        first = table[table["image"] == table["image"].dropna().iloc[0]]
+        print(f"\none image ({first['image'].iloc[0]}, {first['label'].iloc[0]}):")
+        print(first[["variant", "flagged", "reasons", "p", "p_cropped"]].round(3).to_string())
+
+
+CROP_INSETS = (0.0, 0.002, 0.004, 0.01)
+"""The insets ``crop`` compares (``helpers.inputcheck.CROP_INSET`` is the one chosen)."""
+
+
+def cmd_crop(args: argparse.Namespace) -> None:
+    """Light-box photos of choose-half test images, cropped with several insets: how far
+    P(pneumonia) is from the original image's, for a run's model."""
+    splits = _splits(args.data, args.seed)
+    half = test_halves(splits["test"])["choose"]
+    sample = half.groupby("label").sample(args.per_class, random_state=args.seed)
+    scorer = _Scorer(args.run)
+    folder = Path(tempfile.mkdtemp())
+    errors: dict[float, list[float]] = {inset: [] for inset in CROP_INSETS}
+    for row in sample.itertuples():
+        path = folder / "photo.png"
+        light_box_photo(read_image(row.path, full=True)[0]).save(path)
+        original = scorer(row.path, False)
+        for inset in CROP_INSETS:
+            inputcheck.CROP_INSET = inset
+            errors[inset].append(abs(scorer(path, True) - original))
+    for inset, values in errors.items():
+        print(f"inset {inset:.3f}: |P(cropped photo) - P(original)| over {len(values)} images: "
+              f"mean {np.mean(values):.3f}, max {np.max(values):.3f}")  # fmt: skip
 
 
 def _common(reasons: pd.Series) -> str:
@@ -230,7 +257,7 @@ class _Scorer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("sizes", "choose", "defaults", "test", "variants"):
+    for name in ("sizes", "choose", "defaults", "test", "variants", "crop"):
         p = sub.add_parser(name)
         p.add_argument("--data", required=True)
         p.add_argument("--seed", type=int, default=42, help="the recipe's seed (42)")
@@ -239,9 +266,10 @@ def main() -> None:
             p.add_argument("--variants", type=int, default=40, help="validation images to vary")
         if name == "test":
             p.add_argument("--half", choices=["choose", "report"], required=True)
-        if name == "variants":
+        if name in ("variants", "crop"):
             p.add_argument("--run", help="a run folder: score each picture with its model")
             p.add_argument("--per-class", type=int, default=10)
+            p.add_argument("--out", help="also write every picture's row to this CSV")
     args = parser.parse_args()
     globals()[f"cmd_{args.command}"](args)
 
