@@ -143,8 +143,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     stderr (exit 0), or with ``--strict`` is refused, without a probability (exit 1).
     ``--crop-border`` crops a uniform frame (a light box, a monitor) before the model and the
     check see the picture; ``--save-input DIR`` writes what the model sees to
-    ``DIR/<name>-input.png``. ``--gradcam DIR`` also writes each image with its Grad-CAM heatmap
-    to ``DIR/<name>.png``.
+    ``DIR/<name>-input.png``. ``--gradcam DIR`` also writes each image with its Grad-CAM heatmap,
+    at the image's own resolution, to ``DIR/<stem>-<hash of the full path>-gradcam.png`` (unique
+    per file).
     """
     from helpers.evaluate import predict_images
     from helpers.inputcheck import STATS_FILE, check_image, read_input_stats

@@ -3,7 +3,8 @@
 Grad-CAM (Selvaraju et al., 2017) weights each feature map of a convolutional layer by how
 much the class score grows when that map grows (its gradient, averaged over the image), sums
 the weighted maps and keeps the positive part. Upsampled to the input size, this shows which
-regions pushed the prediction towards the class. It is a sanity check, not a diagnosis: a
+regions pushed the prediction towards the class; :func:`upsample_heatmap` stretches it further,
+onto the original picture at its own resolution, which is what a reader looks at. It is a sanity check, not a diagnosis: a
 heatmap on the lungs is reassuring; one on a text marker or the image border reveals a
 shortcut the model learned.
 
@@ -13,6 +14,7 @@ layer is the last convolutional block, ``model.features[-1]``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import matplotlib
@@ -140,27 +142,79 @@ def overlay(
     return np.clip((1.0 - alpha) * image[..., None] + alpha * colored, 0.0, 1.0)
 
 
+def upsample_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A heatmap ``(h, w)`` in [0, 1] stretched bilinearly to ``shape`` ``(H, W)``, float32.
+
+    The model saw the picture squashed to its square input (:func:`helpers.images.load_gray`
+    does not keep the aspect ratio), so stretching the square map over the whole original
+    picture puts every cell of the map back on the region it came from.
+    """
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.ndim != 2 or len(shape) != 2 or min(shape) < 1:
+        raise ValueError(
+            f"upsample_heatmap needs a 2-D heatmap and an (H, W) shape, got {heat.shape} and"
+            f" {tuple(shape)}"
+        )
+    big = F.interpolate(
+        torch.from_numpy(heat)[None, None], size=tuple(shape), mode="bilinear", align_corners=False
+    )
+    return big[0, 0].clamp_(0.0, 1.0).numpy()
+
+
+def gradcam_file_name(path: str | Path) -> str:
+    """``<stem>-<hash>-gradcam.png`` for the image at ``path``.
+
+    The hash (8 hex digits of the SHA-1 of the full, resolved path) keeps apart images that
+    share a name in different folders (``NORMAL/x.jpeg`` and ``PNEUMONIA/x.jpeg``) or differ
+    only in their suffix, which a name made of the stem alone would overwrite with each other.
+    """
+    digest = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}-gradcam.png"
+
+
+def gradcam_on_originals(
+    model: nn.Module, paths: list[str | Path], image_size: int, intensity: str = "none"
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Grad-CAM of each image file, drawn at the image's own resolution.
+
+    Each file is read as the run reads it (``image_size``, ``intensity``) and explained at
+    ``model.features[-1]``; the heatmap is then stretched onto the original picture, upright and
+    grey (:func:`upsample_heatmap`). Returns ``(pictures, heatmaps)``: per file, the picture as
+    float32 ``(H, W)`` in [0, 1] and a heatmap of the same shape, ready for
+    :func:`helpers.plots.plot_gradcam_grid` or :func:`overlay`. Notebook 05 writes these steps
+    out; notebook 06 and ``predict --gradcam`` call this function.
+    """
+    from helpers.augment import normalize_batch
+    from helpers.images import load_gray
+
+    if not paths:
+        return [], []
+    seen = np.stack([load_gray(path, image_size, intensity=intensity) for path in paths])
+    heatmaps = GradCAM(model, model.features[-1])(normalize_batch(torch.from_numpy(seen)[:, None]))
+    pictures = [load_gray(path, None).astype(np.float32) / 255 for path in paths]
+    stretched = [upsample_heatmap(h, p.shape) for h, p in zip(heatmaps, pictures, strict=True)]
+    return pictures, stretched
+
+
 def save_gradcam_overlays(
     model: nn.Module, paths: list[Path], config: Config, folder: str | Path
 ) -> list[Path]:
-    """Each image blended with its Grad-CAM heatmap (at ``model.features[-1]``), written to
-    ``folder/<stem>-gradcam.png``; the images are read as the run reads them (``config``'s
-    image size and intensity normalisation). Returns the files written."""
+    """Each image blended with its Grad-CAM heatmap (:func:`gradcam_on_originals`: the run's
+    image size and intensity normalisation for the model, the original picture at its own
+    resolution for the overlay), written to ``folder/`` :func:`gradcam_file_name`. Returns the
+    files written, one per path."""
     from PIL import Image
 
-    from helpers.augment import normalize_batch
     from helpers.files import atomic_path
-    from helpers.images import load_gray
 
-    device = next(model.parameters()).device
     written = []
-    for path in paths:
-        gray = load_gray(path, config.image_size, intensity=config.intensity)
-        x = normalize_batch(torch.from_numpy(gray)[None, None]).to(device)
-        heatmap = GradCAM(model, model.features[-1])(x)[0]
-        rgb = (overlay(gray / 255.0, heatmap) * 255).astype(np.uint8)
-        out = Path(folder) / f"{Path(path).stem}-gradcam.png"
+    for path in paths:  # one at a time: originals can have millions of pixels
+        (picture,), (heatmap,) = gradcam_on_originals(
+            model, [path], config.image_size, config.intensity
+        )
+        rgb = overlay(picture, heatmap)
+        out = Path(folder) / gradcam_file_name(path)
         with atomic_path(out) as tmp:
-            Image.fromarray(rgb).save(tmp, format="PNG")
+            Image.fromarray((rgb * 255).astype(np.uint8)).save(tmp, format="PNG")
         written.append(out)
     return written

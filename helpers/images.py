@@ -85,11 +85,12 @@ def to_gray(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def gray_resize(image: Image.Image, size: int) -> np.ndarray:
+def gray_resize(image: Image.Image, size: int | None) -> np.ndarray:
     """Any-mode PIL image -> uint8 ``(size, size)`` array: :func:`to_gray`, then bicubic resize
-    (Pillow's, which antialiases when shrinking). The aspect ratio is not preserved."""
+    (Pillow's, which antialiases when shrinking). The aspect ratio is not preserved.
+    ``size=None`` keeps the image's own ``(height, width)``."""
     gray = to_gray(image)
-    resized = gray.resize((size, size), Image.Resampling.BICUBIC)
+    resized = gray if size is None else gray.resize((size, size), Image.Resampling.BICUBIC)
     if resized.mode == "L":
         return np.array(resized, dtype=np.uint8)  # a writable copy
     return np.clip(np.rint(np.asarray(resized, dtype=np.float32)), 0, 255).astype(np.uint8)
@@ -201,9 +202,12 @@ def open_upright(path: str | Path, draft: tuple[str, int] | None = None) -> Imag
 
 
 def load_gray(
-    path: str | Path, size: int, *, draft: bool = True, intensity: str = "none"
+    path: str | Path, size: int | None, *, draft: bool = True, intensity: str = "none"
 ) -> np.ndarray:
     """Decode one image file to a uint8 ``(size, size)`` grayscale array (bicubic, squashed).
+
+    ``size=None`` keeps the picture at its own resolution, upright and grey, ``(height,
+    width)``: what a Grad-CAM overlay is drawn on (:mod:`helpers.explain`).
 
     An EXIF orientation tag (phone photos) is applied first, so the image is upright;
     ``intensity`` then applies a per-image normalisation (:func:`normalize_intensity`).
@@ -215,7 +219,7 @@ def load_gray(
     """
     if intensity not in INTENSITY_CHOICES:
         raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
-    upright = open_upright(path, ("L", DRAFT_FACTOR * size) if draft else None)
+    upright = open_upright(path, ("L", DRAFT_FACTOR * size) if draft and size else None)
     try:
         return normalize_intensity(gray_resize(upright, size), intensity)
     except ValueError as err:  # e.g. a mode Pillow cannot convert to grey

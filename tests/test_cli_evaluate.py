@@ -23,6 +23,7 @@ from helpers.evaluate import (
     predict_images,
     predict_proba,
 )
+from helpers.explain import gradcam_file_name
 from helpers.images import load_gray
 from helpers.loader import BatchLoader, prepare_data
 from helpers.metrics import CI_KEYS, compute_metrics, youden_threshold
@@ -276,11 +277,16 @@ def test_cli_predict_writes_gradcam_overlays(tiny, tmp_path, capsys):
     paths = list(_predictions(tiny.run_dir)["path"][:2])
     out = tmp_path / "cams"
     assert cli.main(["predict", "--run", str(tiny.run_dir), *paths, "--gradcam", str(out)]) == 0
-    written = sorted(out.glob("*-gradcam.png"))
-    assert [p.name for p in written] == sorted(f"{Path(p).stem}-gradcam.png" for p in paths)
-    with Image.open(written[0]) as img:
-        assert img.mode == "RGB" and img.size == (64, 64)
-    assert "Grad-CAM:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    written = [
+        Path(line.split("Grad-CAM: ", 1)[1]) for line in printed.splitlines() if "Grad-CAM:" in line
+    ]
+    assert sorted(out.glob("*-gradcam.png")) == sorted(written) and len(written) == len(paths)
+    for path, overlay_file in zip(paths, written, strict=True):
+        assert overlay_file.name == gradcam_file_name(path)
+        with Image.open(path) as picture, Image.open(overlay_file) as drawn:
+            # at the picture's own size (the demo's are 320-640 px wide), not the run's 64 px
+            assert drawn.mode == "RGB" and drawn.size == picture.size != (64, 64)
 
 
 def test_cli_export_reports_the_check_against_eager(tiny, tmp_path, capsys):

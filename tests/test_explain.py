@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
-from helpers.explain import GradCAM, overlay
+from helpers.augment import denormalize
+from helpers.config import Config
+from helpers.explain import (
+    GradCAM,
+    gradcam_file_name,
+    gradcam_on_originals,
+    overlay,
+    save_gradcam_overlays,
+    upsample_heatmap,
+)
 
 SIZE = 64
 SQUARE = 10
@@ -204,3 +214,80 @@ def test_overlay() -> None:
     assert hot[0, 0, 0] > 0.4 and hot[0, 0, 2] < 0.1  # jet's top end is red
     with pytest.raises(ValueError, match="same shape"):
         overlay(gray, np.zeros((3, 3)))
+
+
+# --- overlays at the image's own resolution -------------------------------------------------
+
+
+def _xray_file(path, width: int, height: int, square: tuple[int, int, int, int] | None, seed=0):
+    """A grey PNG ``width x height`` of noise with a bright box ``(top, left, h, w)``: the
+    TinyCNN's square, drawn at a size that becomes ~10 x 10 once squashed to 64 x 64."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.normal(0.3, 0.1, size=(height, width))
+    if square is not None:
+        top, left, h, w = square
+        pixels[top : top + h, left : left + w] = 1.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+class SeesPixels(nn.Module):
+    """The TinyCNN behind the package's input normalisation: it was trained on 0-1 pixels, and
+    the files below reach it as :func:`helpers.augment.normalize_batch` makes them."""
+
+    def __init__(self, inner: TinyCNN) -> None:
+        super().__init__()
+        self.inner = inner
+        self.features = inner.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(denormalize(x))
+
+
+def test_upsample_heatmap_stretches_onto_a_shape() -> None:
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 3] = 1.0  # the top-right cell
+    big = upsample_heatmap(heat, (60, 200))
+    assert big.shape == (60, 200) and big.dtype == np.float32
+    assert 0.0 <= big.min() and big.max() <= 1.0
+    peak_r, peak_c = np.unravel_index(np.argmax(big), big.shape)
+    assert peak_r < 15 and peak_c >= 150  # still the top-right quarter of the wider picture
+    with pytest.raises(ValueError, match="2-D heatmap"):
+        upsample_heatmap(np.zeros((2, 4, 4)), (8, 8))
+
+
+def test_gradcam_on_originals_puts_the_heat_on_the_square_at_full_size(trained, tmp_path) -> None:
+    """A 256 x 160 picture (not square) whose bright box the model sees squashed to 64 x 64:
+    the heatmap comes back at 160 x 256 and its heat sits on the box in the picture's own
+    coordinates, so the squash and the stretch undo each other."""
+    top, left, h, w = 100, 30, 25, 40
+    path = _xray_file(tmp_path / "wide.png", 256, 160, (top, left, h, w))
+    pictures, heatmaps = gradcam_on_originals(SeesPixels(trained), [path], image_size=SIZE)
+    assert pictures[0].shape == heatmaps[0].shape == (160, 256)
+    assert pictures[0].max() <= 1.0 and pictures[0][top + 5, left + 5] > 0.95
+    heat = heatmaps[0]
+    box = heat[max(0, top - 12) : top + h + 12, max(0, left - 16) : left + w + 16]
+    assert box.sum() / heat.sum() > 0.5  # the grown box is ~8 % of the picture
+
+
+def test_gradcam_files_are_at_the_images_own_size_and_never_overwrite(trained, tmp_path) -> None:
+    """Two pictures named alike in two folders (as NORMAL/x.png and PNEUMONIA/x.png) give two
+    overlay files, each the size of its own picture, upright and in colour."""
+    first = _xray_file(tmp_path / "NORMAL" / "x.png", 300, 180, None, seed=1)
+    second = _xray_file(tmp_path / "PNEUMONIA" / "x.png", 120, 200, (80, 40, 30, 20), seed=2)
+    out = tmp_path / "cams"
+    written = save_gradcam_overlays(
+        SeesPixels(trained), [first, second], Config(image_size=SIZE), out
+    )
+    assert len(set(written)) == 2 and sorted(out.iterdir()) == sorted(written)
+    assert all(
+        path.name.startswith("x-") and path.name.endswith("-gradcam.png") for path in written
+    )
+    for source, overlay_file in zip((first, second), written, strict=True):
+        with Image.open(source) as picture, Image.open(overlay_file) as drawn:
+            assert drawn.size == picture.size and drawn.mode == "RGB"
+    assert gradcam_file_name(first) != gradcam_file_name(second)
+    assert gradcam_file_name(first) == gradcam_file_name(
+        tmp_path / "NORMAL" / ".." / "NORMAL" / "x.png"
+    )

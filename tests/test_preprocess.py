@@ -181,6 +181,29 @@ def test_exif_orientation_is_applied_everywhere(tmp_path):
     assert load_gray(unrotated, 60)[:8].mean() < 200  # without the tag: sideways
 
 
+def test_load_gray_at_its_own_resolution(tmp_path):
+    """``size=None`` (what Grad-CAM overlays are drawn on): the picture's own height and width,
+    upright for a phone photo, grey, and unresized (a 16-bit PNG scaled as at any size)."""
+    upright = np.zeros((120, 60), np.uint8)
+    upright[:20] = 255
+    exif = Image.Exif()
+    exif[images_module.EXIF_ORIENTATION] = 6
+    phone = save(
+        Image.fromarray(np.rot90(upright, k=1)), tmp_path / "phone.jpeg", exif=exif, quality=95
+    )
+    pixels = load_gray(phone, None)
+    assert pixels.shape == (120, 60) and pixels.dtype == np.uint8
+    assert pixels[:8].mean() > 200 and pixels[-20:].mean() < 40  # the band is at the top
+    rgb = gradient_image(90, 70, seed=3)
+    png = save(Image.fromarray(rgb).convert("RGB"), tmp_path / "rgb.png")
+    np.testing.assert_array_equal(load_gray(png, None), np.asarray(Image.open(png).convert("L")))
+    deep = save(
+        Image.fromarray((np.arange(50 * 40).reshape(50, 40) * 2).astype(np.uint16)),
+        tmp_path / "deep.png",
+    )
+    assert load_gray(deep, None).shape == (50, 40) and load_gray(deep, None).max() > 200
+
+
 # --- the cache ----------------------------------------------------------------------------
 
 
