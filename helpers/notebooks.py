@@ -4,9 +4,10 @@ keeping outputs between sessions, and running all notebooks in order.
 Two audiences:
 
 * called *inside* the notebooks: :func:`show_setup` (which data, which recipe, where outputs
-  go), :func:`keep_outputs` (Google Drive on Colab, ``/kaggle/working`` on Kaggle) and
-  :func:`trained_run` (the run of notebook 04, or one trained on the spot, saying so), so
-  that no notebook copies that code from another;
+  go), :func:`show_run` (the recipe of the run notebooks 05 and 06 score), :func:`keep_outputs`
+  (Google Drive on Colab, ``/kaggle/working`` on Kaggle) and :func:`trained_run` (the run of
+  notebook 04, or one trained on the spot, saying so), so that no notebook copies that code
+  from another;
 * :func:`run_notebooks` (``python -m helpers run-notebooks``) executes them top to bottom
   with ``nbclient``, keeps executed copies *with* their outputs under ``outputs/notebooks``
   and stops at the first failing cell with an error naming it.
@@ -73,6 +74,24 @@ def show_setup(config: Config, location: DatasetLocation) -> None:
     size = f"{config.image_size}x{config.image_size}"
     print(f"recipe:  {mode}; images {size}, up to {config.epochs} epochs, seed {config.seed}")
     print(f"outputs: {outputs_dir()}")
+
+
+def show_run(run_dir: Path, config: Config, checkpoint: dict[str, Any]) -> None:
+    """Print the recipe of the run a notebook scores, as :func:`show_setup` prints a recipe.
+
+    ``config`` and ``checkpoint`` are what :func:`helpers.runs.load_model_from_run` returns.
+    The config cell of notebooks 05 and 06 prints the recipe a run trained *now* would get;
+    the run they find may differ (a run trained on a CPU uses 128 px, not 256), and every
+    number they show is this run's, so they print its own recipe too.
+    """
+    mode = "QUICK (small images, few epochs, a subset)" if config.quick else "full"
+    size = f"{config.image_size}x{config.image_size}"
+    print(f"run:     {run_dir}")
+    print(
+        f"recipe:  {mode}; images {size}, weights {checkpoint.get('weights_used', 'unknown')}, "
+        f"augment {config.augment}, intensity {config.intensity}, seed {config.seed}; "
+        f"best epoch {checkpoint.get('epoch', '?')} of up to {config.epochs}"
+    )
 
 
 def keep_outputs() -> Path:

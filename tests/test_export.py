@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import types
+from pathlib import Path
+
+import nbformat
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from helpers.augment import normalize_batch
 from helpers.export import ExportError, export_model, load_exported
+from helpers.images import load_gray
 from helpers.model import PneumoniaNet
 
 SIZE = 64
@@ -51,24 +60,32 @@ def eager_probabilities(net: PneumoniaNet, x: torch.Tensor) -> torch.Tensor:
     return probs
 
 
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory) -> Path:
+    """The package's ONNX export of ``model``, made once: torch.onnx's dynamo exporter needs
+    ~5-20 s for this model on 2 CPU cores."""
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(package)
+    folder = tmp_path_factory.mktemp("onnx") / "sub"
+    return export_model(model, folder / "model.onnx", "onnx", image_size=SIZE)
+
+
 @pytest.mark.parametrize(
     "fmt,suffix",
-    [
-        ("torchscript", ".pt"),
-        # torch.onnx's dynamo exporter needs ~5-20 s for this model on 2 CPU cores
-        pytest.param("onnx", ".onnx", marks=pytest.mark.slow),
-    ],
+    [("torchscript", ".pt"), pytest.param("onnx", ".onnx", marks=pytest.mark.slow)],
 )
-def test_export_matches_eager_probabilities(model, tmp_path, fmt: str, suffix: str) -> None:
-    if fmt == "onnx":
-        for package in ("onnx", "onnxscript", "onnxruntime"):
-            pytest.importorskip(package)
+def test_export_matches_eager_probabilities(
+    model, request, tmp_path, fmt: str, suffix: str
+) -> None:
     x = varied_images(5, seed=1)  # batch size differs from the export's example (2)
     expected = eager_probabilities(model, x)
     assert expected[:, 1].max() - expected[:, 1].min() > 0.05  # the check below can fail
 
-    path = export_model(model, tmp_path / "sub" / f"model{suffix}", fmt, image_size=SIZE)
-    assert path == tmp_path / "sub" / f"model{suffix}" and path.is_file()
+    if fmt == "onnx":
+        path = request.getfixturevalue("onnx_file")
+    else:
+        path = export_model(model, tmp_path / "sub" / f"model{suffix}", fmt, image_size=SIZE)
+    assert path.name == f"model{suffix}" and path.parent.name == "sub" and path.is_file()
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
     assert model.training  # the caller's model is left as it was
 
@@ -97,3 +114,43 @@ def test_bad_format_and_bad_files_raise(model, tmp_path) -> None:
     other.write_bytes(b"\x00" * 10)
     with pytest.raises(ExportError, match="neither"):
         load_exported(other)
+
+
+@pytest.mark.slow
+def test_notebook_06_export_and_session_give_the_packages_outputs(model, onnx_file, tmp_path):
+    """Notebook 06 exports with ``torch.onnx.export`` in view and runs the file with an ONNX
+    Runtime session on numpy arrays it prepares itself; for the same image files, the package's
+    ``export_model`` file, loaded by ``load_exported`` and fed by ``normalize_batch``, gives the
+    same probabilities."""
+    nb = nbformat.read(
+        Path(__file__).resolve().parents[1] / "notebooks" / "06_use_your_model.ipynb", as_version=4
+    )
+
+    def cell(marker: str) -> str:
+        (found,) = [c.source for c in nb.cells if c.cell_type == "code" and marker in c.source]
+        return found
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(4):
+        pixels = rng.normal(0.2 + 0.2 * i, 0.05 + 0.1 * i, size=(90 + 10 * i, 70))
+        files.append(tmp_path / f"image{i}.png")
+        Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(files[-1])
+    namespace: dict = {}
+    exec(nb.cells[2].source, namespace)  # the imports cell
+    namespace.update(
+        model=copy.deepcopy(model),  # the notebook sets it to eval mode
+        size=SIZE,
+        intensity="none",
+        run_dir=tmp_path,
+        readable=[types.SimpleNamespace(path=str(f)) for f in files],
+    )
+    exec(cell("torch.onnx.export("), namespace)
+    exec(cell("onnxruntime.InferenceSession("), namespace)
+    p_notebook = namespace["p_onnx"]
+
+    pictures = np.stack([load_gray(f, SIZE) for f in files])
+    logits = load_exported(onnx_file)(normalize_batch(torch.from_numpy(pictures)[:, None]))
+    p_package = logits.softmax(1)[:, 1].numpy()
+    assert p_package.max() - p_package.min() > 0.01  # the comparison below can fail
+    np.testing.assert_allclose(p_notebook, p_package, rtol=0, atol=1e-6)

@@ -21,6 +21,8 @@ from pathlib import Path
 from shutil import copytree
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -263,6 +265,136 @@ def test_notebook_04_epoch_is_the_engines_epoch(frozen, demo_root, session_outpu
     ]
     for (name, a), b in zip(ours.state_dict().items(), engine.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+# --- the metrics notebook 05 writes out are the package's -----------------------------------
+
+
+def _notebook_05(*markers: str, **given) -> dict:
+    """A namespace after notebook 05's imports cell and the cells containing ``markers``."""
+    namespace: dict = {}
+    exec(stored()["05_evaluation.ipynb"].cells[2].source, namespace)  # the imports cell
+    namespace.update(given)
+    for marker in markers:
+        exec(cell_defining("05_evaluation.ipynb", marker), namespace)
+    return namespace
+
+
+def _scored_test_split(seed: int, n_patients: int = 150, decimals: int | None = None):
+    """Predictions like ``predictions-test.csv``: 1-3 images per patient, one class per patient,
+    probabilities that rank the classes imperfectly (rounded when ``decimals``, to force ties)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, size=n_patients)
+    patient_class = (rng.random(n_patients) < 0.6).astype(int)
+    patients = np.repeat([f"person{i}" for i in range(n_patients)], sizes)
+    y = np.repeat(patient_class, sizes)
+    p = 1 / (1 + np.exp(-(2.2 * y - 1.1 + rng.normal(0, 1.2, size=y.size))))
+    if decimals is not None:
+        p = np.round(p, decimals)
+    paths = [
+        f"/data/test/{'PNEUMONIA' if t else 'NORMAL'}/{pid}_{i}.jpeg"
+        for i, (pid, t) in enumerate(zip(patients, y, strict=True))
+    ]
+    return pd.DataFrame({"path": paths, "patient": patients, "target": y, "p_pneumonia": p})
+
+
+@pytest.mark.parametrize("seed,threshold", [(0, 0.5), (3, 0.3)])
+def test_notebook_05_bootstrap_loop_is_bootstrap_ci(seed, threshold):
+    """The ten-line loop of notebook 05, by patient and by image, gives the package's
+    intervals for the same seed: the same draws, the same percentiles."""
+    from helpers.metrics import bootstrap_ci
+
+    table = _scored_test_split(seed)
+    y, p, patients = (
+        table["target"].to_numpy(),
+        table["p_pneumonia"].to_numpy(),
+        table["patient"].to_numpy(),
+    )
+    bootstrap = _notebook_05("def bootstrap(")["bootstrap"]
+    for groups in (patients, None):
+        ours = bootstrap(
+            y,
+            p,
+            np.arange(len(y)) if groups is None else groups,
+            n_resamples=100,
+            seed=seed,
+            threshold=threshold,
+        )
+        package = bootstrap_ci(y, p, threshold, groups=groups, n_resamples=100, seed=seed)
+        assert list(ours.columns) == ["accuracy", "sensitivity", "specificity", "roc_auc"]
+        for name in ours.columns:
+            np.testing.assert_allclose(ours[name].to_numpy(), package[name], rtol=0, atol=1e-12)
+    other_seed = bootstrap(y, p, patients, n_resamples=100, seed=seed + 1, threshold=threshold)
+    assert not np.allclose(other_seed["accuracy"], ours["accuracy"])  # the comparison can fail
+
+
+@pytest.mark.parametrize("seed,decimals", [(0, None), (1, 2), (2, 1), (5, 1)])
+def test_notebook_05_youden_threshold_is_the_packages(seed, decimals):
+    """``roc_curve`` then argmax, as notebook 05 writes it on the choose half, is
+    ``helpers.metrics.youden_threshold``, ties included (probabilities rounded to one decimal)."""
+    from helpers.data import test_halves
+    from helpers.metrics import youden_threshold
+
+    predictions = _scored_test_split(seed, decimals=decimals)
+    namespace = _notebook_05("t_choose = thresholds[", predictions=predictions)
+    choose = test_halves(predictions)["choose"]
+    assert namespace["choose"].equals(choose)
+    assert namespace["t_choose"] == youden_threshold(choose["target"], choose["p_pneumonia"])
+
+
+def test_notebook_05_section_9_sees_the_choose_half_with_patient_grouped_folds(
+    demo_root, session_outputs, monkeypatch
+):
+    """The shift analysis (statistics, mean images, domain classifier) reads the training pool
+    and the choose half of the test split, never an image of the report half; its
+    cross-validation keeps every patient in one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from helpers.data import test_halves
+
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    config = Config().quick_mode().replace(pretrained="none")
+    data = prepare_data(config, demo_root, progress=False)
+    halves = test_halves(data.splits["test"])
+    calls = []
+    namespace = _notebook_05("pool = pd.concat(", data=data, choose=halves["choose"], config=config)
+    real = namespace["cross_val_predict"]
+
+    def recording(estimator, X, y, *, groups=None, cv=None, method=None):
+        calls.append((groups, cv))
+        return real(estimator, X, y, groups=groups, cv=cv, method=method)
+
+    namespace["cross_val_predict"] = recording
+    exec(cell_defining("05_evaluation.ipynb", "thumbnails = ("), namespace)
+    pool = namespace["pool"]
+    tested = set(pool.loc[pool["split"] == "test", "path"])
+    assert tested == set(halves["choose"]["path"])
+    assert not tested & set(halves["report"]["path"])
+    assert set(pool.loc[pool["split"] == "train", "path"]) == set(
+        data.splits["train"]["path"]
+    ) | set(data.splits["val"]["path"])
+    assert len(calls) == 2  # one domain classifier per class
+    for groups, cv in calls:
+        assert isinstance(cv, StratifiedGroupKFold) and groups is not None
+        features = np.zeros((len(groups), 1))
+        labels = (pool.loc[groups.index, "split"] == "test").to_numpy()
+        for train, held_out in cv.split(features, labels, groups=groups.to_numpy()):
+            assert not set(groups.iloc[train]) & set(groups.iloc[held_out])
+
+
+def test_show_run_prints_the_runs_recipe_not_the_default(capsys):
+    """Notebooks 05 and 06 print the recipe of the run they use: a 128-px run says 128."""
+    notebooks_module.show_run(
+        Path("runs/x"),
+        Config().for_weights("none").replace(image_size=128),
+        {"weights_used": "none", "epoch": 7},
+    )
+    out = capsys.readouterr().out
+    assert "images 128x128" in out and "256" not in out
+    assert "weights none" in out and "augment framing" in out and "best epoch 7" in out
+    for name in ("05_evaluation.ipynb", "06_use_your_model.ipynb"):
+        run_cell = cell_defining(name, "run_dir = trained_run(config, location)")
+        assert "show_run(run_dir, run_config, checkpoint)" in run_cell
 
 
 # --- notebooks on a fresh machine, and reusing a run ---------------------------------------
