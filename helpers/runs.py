@@ -49,9 +49,16 @@ class RunError(RuntimeError):
     """A run folder or checkpoint that cannot be used; the message says which and why."""
 
 
-def notebook_run_dir() -> Path:
-    """Where notebook 04 writes its run and notebooks 05 and 06 look for it."""
-    return outputs_dir() / "runs" / "notebook"
+def notebook_run_dir(name: str = "notebook") -> Path:
+    """The run folder ``outputs/runs/<name>`` of a notebook's training run.
+
+    ``"notebook"`` is where notebook 04 writes its run and notebooks 05 and 06 look for it;
+    an exercise passes its own ``name`` so that its run does not overwrite that one and the
+    curves of both can be compared. ``name`` must be one plain folder name.
+    """
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"run name must be one plain folder name, got {name!r}")
+    return outputs_dir() / "runs" / name
 
 
 # --- checkpoints ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from helpers.config import Config
+from helpers.config import CLASSES, Config
 from helpers.data import class_weights
 from helpers.fold import with_folded_prefix
 from helpers.inputcheck import write_input_stats
@@ -49,6 +49,7 @@ from helpers.runs import (
     check_compatible,
     load_checkpoint,
     model_checkpoint,
+    read_run_config,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -171,8 +172,17 @@ class Training:
         }
 
 
-def start_training(config: Config, weights: dict[str, float], device: torch.device) -> Training:
-    """The model (seeded), loss, optimiser, schedule, scaler, weight average and early stopping."""
+def start_training(
+    config: Config,
+    weights: dict[str, float],
+    device: torch.device,
+    criterion: nn.Module | None = None,
+) -> Training:
+    """The model (seeded), loss, optimiser, schedule, scaler, weight average and early stopping.
+
+    The loss is ``criterion`` (moved to ``device``) when one is given, else the article's
+    cross-entropy weighted by ``weights``.
+    """
     seed_everything(config.seed)
     model = build_model(config.pretrained, config.dropout, config.trainable_blocks).to(device)
     if not model.frozen:
@@ -181,7 +191,9 @@ def start_training(config: Config, weights: dict[str, float], device: torch.devi
     optimizer, scheduler = make_optimizer(model, config)
     return Training(
         model=model,
-        criterion=weighted_loss(weights, config, device),
+        criterion=(
+            weighted_loss(weights, config, device) if criterion is None else criterion.to(device)
+        ),
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
@@ -200,13 +212,25 @@ def train(
     progress: bool = True,
     prepared: PreparedData | None = None,
     stop_after: int | None = None,
+    weights: dict[str, float] | None = None,
+    criterion: nn.Module | None = None,
 ) -> TrainResult:
     """Train PneumoniaNet with ``config``'s recipe and write a run folder.
+
+    The loss is the article's cross-entropy with class weights computed from the training
+    split, unless ``weights`` (one per class name, e.g. all 1.0 for an unweighted loss) or a
+    whole ``criterion`` (any loss taking logits and targets) is given: notebook 04 passes the
+    criterion it built, so that changing it there changes the trained run. ``config.json``
+    records the class weights the loss used (``null`` for a criterion without weights).
 
     ``resume=True`` continues from ``run_dir/last.pt`` (model, optimiser, scheduler, scaler,
     weight average, early-stopping state, random generators, history). ``stop_after`` ends
     the call after that many epochs in total, as an interruption would (used to test resuming).
     """
+    if weights is not None and criterion is not None:
+        raise ValueError("give the class weights or a criterion, not both")
+    if weights is not None and set(weights) != set(CLASSES):
+        raise ValueError(f"weights needs one value per class {CLASSES}, got {sorted(weights)}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
@@ -214,11 +238,15 @@ def train(
     train_loader, val_loader = data.loader("train", config, dev), data.loader("val", config, dev)
     if not len(train_loader) or not len(val_loader):
         raise RunError(f"{data.location.root}: no training or validation images to train on")
-    weights = class_weights(train_loader.targets.tolist())  # refuses a split missing a class
-    run = start_training(config, weights, dev)
+    balanced = class_weights(train_loader.targets.tolist())  # refuses a split missing a class
+    weights = balanced if weights is None else {c: float(weights[c]) for c in CLASSES}
+    run = start_training(config, weights, dev, criterion)
+    if criterion is not None:
+        weights = _loss_weights(run.criterion)
     history: list[dict[str, Any]] = []
     if resume and (run_dir / "last.pt").is_file():
         history = _restore(run_dir, config, dev, run)
+        _same_loss_as_before(run_dir, weights)
     _write_config(run_dir, config, run.model, dev, data, weights)
     write_input_stats(run_dir, data.splits["train"], config.seed)  # for the input check
 
@@ -315,13 +343,32 @@ def _save_last(run_dir: Path, config: Config, epoch: int, run: Training) -> None
     save_checkpoint(run_dir / "last.pt", state)
 
 
+def _same_loss_as_before(run_dir: Path, weights: dict[str, float] | None) -> None:
+    """Refuse to resume with other class weights than the run's ``config.json`` records
+    (the history would mix two losses)."""
+    before = read_run_config(run_dir).get("data", {}).get("class_weights", weights)
+    if before != weights:
+        raise RunError(
+            f"{run_dir}: trained with class weights {before}, resumed with {weights}; "
+            "use a new run folder"
+        )
+
+
+def _loss_weights(criterion: nn.Module) -> dict[str, float] | None:
+    """The class weights inside ``criterion`` (``None`` when it has none), for ``config.json``."""
+    weight = getattr(criterion, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return None
+    return {c: float(w) for c, w in zip(CLASSES, weight.tolist(), strict=True)}
+
+
 def _write_config(
     run_dir: Path,
     config: Config,
     model: PneumoniaNet,
     device: torch.device,
     data: PreparedData,
-    weights: dict[str, float],
+    weights: dict[str, float] | None,
 ) -> None:
     """``config.json``: the recipe, the weights, the device and the data of this run."""
     write_run_config(

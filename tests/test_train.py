@@ -194,6 +194,39 @@ def test_resume_refuses_a_different_recipe(quick_run, demo_root, outputs, tmp_pa
         train(QUICK.replace(image_size=32), run_dir, demo_root, progress=False, resume=True)
 
 
+def test_train_takes_class_weights_or_a_criterion(outputs, demo_root, tmp_path):
+    """The loss ``train()`` uses is the one it is given: equal class weights give another run
+    than the balanced default, a criterion with those weights the same run as the weights, and
+    ``config.json`` records the weights the loss used. A resumed run must keep its loss."""
+    config = TINY.replace(epochs=2)
+    equal = {"NORMAL": 1.0, "PNEUMONIA": 1.0}
+
+    def recorded(result):
+        return json.loads((result.run_dir / "config.json").read_text())["data"]["class_weights"]
+
+    default = train(config, tmp_path / "default", demo_root, progress=False)
+    weighted = train(config, tmp_path / "equal", demo_root, progress=False, weights=equal)
+    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 1.0]))
+    given = train(config, tmp_path / "criterion", demo_root, progress=False, criterion=criterion)
+    assert not np.array_equal(default.history.train_loss, weighted.history.train_loss)
+    pd.testing.assert_frame_equal(
+        weighted.history.drop(columns="seconds"), given.history.drop(columns="seconds")
+    )
+    assert recorded(weighted) == recorded(given) == equal
+    assert recorded(default)["NORMAL"] > 1 > recorded(default)["PNEUMONIA"]
+    plain = train(
+        config.replace(epochs=1), tmp_path / "plain", demo_root, progress=False,
+        criterion=torch.nn.CrossEntropyLoss(),
+    )  # fmt: skip
+    assert recorded(plain) is None
+    with pytest.raises(RunError, match="class weights"):
+        train(config, weighted.run_dir, demo_root, progress=False, resume=True)
+    with pytest.raises(ValueError, match="not both"):
+        train(config, tmp_path / "x", demo_root, weights=equal, criterion=criterion)
+    with pytest.raises(ValueError, match="one value per class"):
+        train(config, tmp_path / "x", demo_root, weights={"NORMAL": 1.0})
+
+
 def test_epoch_without_clipping(quick_run):
     """``grad_clip=None`` trains without clipping (it used to crash)."""
     model, config, _ = load_model_from_run(quick_run.run_dir)
