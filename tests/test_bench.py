@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from benchmarks import train as bench_train_module
@@ -143,3 +144,42 @@ def test_cpu_schedule_estimate_scales_with_work():
     assert scratch["seconds_per_epoch"] > 4 * frozen["seconds_per_epoch"]
     small = estimate_cpu_schedule(1910, 0, frozen=True, epochs=10, image_size=128)
     assert small["seconds_per_epoch"] == pytest.approx(frozen["seconds_per_epoch"] / 4)
+
+
+@pytest.mark.slow
+def test_bench_dataloader_quick_times_every_variant_on_checked_epochs(demo_root, capsys):
+    """``benchmarks/dataloader.py`` on demo data: every variant runs, each timed epoch holds
+    every training image once, and the ratios are printed and returned (no speed asserted)."""
+    from benchmarks import dataloader
+
+    result = dataloader.bench_dataloader(demo_root, 32, quick=True, workers=1)
+    out = capsys.readouterr().out
+    names = ["batchloader", "dataloader", "per-image", "dataloader-1-workers"]
+    assert list(result["variants"]) == names
+    assert result["rounds"] == 2 and result["images"] == dataloader.QUICK_IMAGES
+    assert result["variants"]["batchloader"]["ratio"] == 1.0
+    for name in names:
+        figures = result["variants"][name]
+        assert figures["images_per_s"] > 0 and len(figures["seconds"]) == 2
+        assert re.search(rf"^\s+{name} +[\d.]+ img/s +[\d.]+x batchloader's speed", out, re.M)
+    framing = dataloader.bench_dataloader(demo_root, 32, quick=True, policy="framing")
+    assert list(framing["variants"]) == ["batchloader", "dataloader"]  # per-image: article only
+
+
+def test_bench_dataloader_datasets_and_the_epoch_check(demo_root, tmp_path):
+    from benchmarks import dataloader
+    from helpers.cache import build_cache
+
+    paths, targets = dataloader.find_images(demo_root)
+    cache = build_cache(paths, 32, tmp_path / "cache", progress=False)
+    rows = np.arange(len(paths))
+    image, target = dataloader.CachedImages(cache.array, rows, targets)[5]
+    assert image.dtype == torch.uint8 and torch.equal(image, cache.batch([5])[0])
+    assert target == targets[5]
+    x, _ = dataloader.AugmentedImages(cache.array, rows, targets)[5]
+    assert x.dtype == torch.float32 and tuple(x.shape) == (3, 32, 32)
+    batches = [(torch.zeros(2, 3, 32, 32), torch.tensor(targets[:2]))]
+    with pytest.raises(AssertionError, match="expected 3"):
+        dataloader.timed_epoch(batches, targets[:3], 32)  # an image missing from the epoch
+    with pytest.raises(AssertionError, match="batch of"):
+        dataloader.timed_epoch(batches, targets[:2], 64)  # the wrong image size

@@ -1,0 +1,242 @@
+"""Is a plain ``DataLoader`` over the decode-once cache as fast as ``BatchLoader``?
+
+``python -m benchmarks.dataloader --data DATA`` answers the question of issue 22 (replace the
+package's ``BatchLoader`` by what notebook 02 teaches, if that is as fast on 2 cores). On the
+same cached training images, in one process, it times one epoch of augmented, normalised
+``(B, 3, S, S)`` float batches from each of:
+
+* ``batchloader``: :class:`helpers.loader.BatchLoader`, the package's loader (each batch's rows
+  gathered from the cache in ascending order by one ``numpy.take``, then augmented as a whole
+  batch with tensor operations);
+* ``dataloader``: a map-style ``Dataset`` whose items are the cache's uint8 rows, a
+  ``torch.utils.data.DataLoader`` (shuffled by a seeded generator, default collate), then the
+  same whole-batch augmentation and normalisation on each batch;
+* ``per-image`` (``--policy article`` only): notebook 02's ``Dataset``, whose ``__getitem__``
+  augments each image with torchvision's per-image transforms (the article's ``RandomChoice``);
+* ``dataloader-N-workers`` (``--workers N``): ``dataloader`` with ``N`` worker processes
+  (kept alive between epochs).
+
+The variants alternate epoch by epoch in interleaved rounds, after one untimed warm-up epoch
+each, so that a slow patch of a shared machine hits every variant of a round. It prints each
+variant's median images/s and the median of its per-round ratios to ``batchloader``. Every
+timed epoch is also checked: each training image exactly once, batches of the right shape.
+Measurements are recorded in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import functional as TF
+
+from benchmarks.common import BATCH_SIZE, find_images, pick_images
+from helpers.augment import article_augmentation, augment_policy, normalize_batch
+from helpers.cache import ImageCache, build_cache
+from helpers.config import IMAGENET_MEAN, IMAGENET_STD
+from helpers.loader import BatchLoader
+
+QUICK_IMAGES = 64
+"""``--quick``: at most this many images (and 2 rounds)."""
+
+
+class CachedImages(torch.utils.data.Dataset):
+    """Cache rows as ``(uint8 (1, S, S) tensor, target)``: augmentation happens afterwards, on
+    whole batches."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, targets: list[int]) -> None:
+        self.array, self.rows, self.targets = array, rows, targets
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.array[self.rows[i]]))[None], self.targets[i]
+
+
+class AugmentedImages(CachedImages):
+    """Notebook 02's ``Dataset``: each item augmented on its own (torchvision, per image) and
+    normalised to three ImageNet channels."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, targets: list[int]) -> None:
+        super().__init__(array, rows, targets)
+        self.augment = article_augmentation()
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, target = super().__getitem__(i)
+        x = self.augment(image.float() / 255)
+        return TF.normalize(x.expand(3, -1, -1), IMAGENET_MEAN, IMAGENET_STD), target
+
+
+def batch_augmented(
+    loader: torch.utils.data.DataLoader, policy: str, seed: int
+) -> Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]:
+    """One epoch of ``loader``'s uint8 batches, each augmented and normalised as a whole, as
+    :class:`BatchLoader` does (one generator for the augmentation, seeded once)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def epoch() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in loader:
+            yield normalize_batch(augment_policy(x.float().div_(255), generator, policy)), y
+
+    return epoch
+
+
+def make_variants(
+    cache: ImageCache, rows: np.ndarray, targets: list[int], policy: str, workers: int, seed: int
+) -> dict[str, Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Each variant as a function returning one epoch's batches."""
+    package = BatchLoader(
+        cache, rows, targets, BATCH_SIZE, shuffle=True, augment=True, policy=policy, seed=seed
+    )
+
+    def plain(dataset: torch.utils.data.Dataset, n_workers: int = 0) -> Any:
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=BATCH_SIZE,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=n_workers,
+            persistent_workers=n_workers > 0,
+        )
+
+    variants = {
+        "batchloader": lambda: package,
+        "dataloader": batch_augmented(
+            plain(CachedImages(cache.array, rows, targets)), policy, seed
+        ),
+    }
+    if policy == "article":
+        per_image = plain(AugmentedImages(cache.array, rows, targets))
+        variants["per-image"] = lambda: per_image
+    if workers:
+        workers_loader = plain(CachedImages(cache.array, rows, targets), workers)
+        variants[f"dataloader-{workers}-workers"] = batch_augmented(workers_loader, policy, seed)
+    return variants
+
+
+def timed_epoch(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], targets: list[int], size: int
+) -> float:
+    """Seconds for one epoch of ``batches``; checks that it held each image exactly once (by
+    its target counts) in float ``(B, 3, size, size)`` batches."""
+    seen: list[int] = []
+    start = time.perf_counter()
+    for x, y in batches:
+        if x.dtype != torch.float32 or tuple(x.shape[1:]) != (3, size, size):
+            raise AssertionError(f"batch of {x.dtype} {tuple(x.shape)}")
+        seen += y.tolist()
+    seconds = time.perf_counter() - start
+    if sorted(seen) != sorted(targets):
+        raise AssertionError(f"an epoch gave {len(seen)} images, expected {len(targets)}")
+    return seconds
+
+
+def measure(
+    variants: dict[str, Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]],
+    targets: list[int],
+    size: int,
+    rounds: int,
+) -> dict[str, list[float]]:
+    """Each variant's epoch seconds over ``rounds`` interleaved rounds (after one warm-up)."""
+    for epoch in variants.values():
+        timed_epoch(epoch(), targets, size)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, epoch in variants.items():
+            seconds[name].append(timed_epoch(epoch(), targets, size))
+    return seconds
+
+
+def bench_dataloader(
+    data_dir: str | Path,
+    image_size: int = 256,
+    *,
+    policy: str = "article",
+    rounds: int = 5,
+    threads: int = 2,
+    workers: int = 0,
+    max_images: int | None = None,
+    quick: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time the variants on the same cached images; print and return the figures.
+
+    Returns ``images``, ``image_size``, ``policy``, ``threads``, ``rounds`` and, per variant,
+    ``images_per_s`` (median over rounds), ``seconds`` (each round) and ``ratio`` (median of
+    the per-round ratios of its speed to ``batchloader``'s; above 1 is faster).
+    """
+    paths, targets = find_images(data_dir)
+    if not paths:
+        raise FileNotFoundError(f"{data_dir}: no images found")
+    paths, targets = pick_images(paths, targets, QUICK_IMAGES if quick else max_images)
+    rounds = 2 if quick else rounds
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-dataloader-") as tmp:
+            cache = build_cache(paths, image_size, Path(tmp), progress=False)
+            rows = np.flatnonzero(cache.ok)
+            kept = [targets[i] for i in rows]
+            print(
+                f"dataloader benchmark: {len(rows)} images from {data_dir} at "
+                f"{image_size}x{image_size}, batch {BATCH_SIZE}, policy {policy}, torch threads "
+                f"{threads}, {rounds} interleaved rounds after a warm-up epoch each"
+            )
+            variants = make_variants(cache, rows, kept, policy, workers, seed)
+            seconds = measure(variants, kept, image_size, rounds)
+    finally:
+        torch.set_num_threads(previous)
+    result: dict[str, Any] = {
+        "images": len(rows), "image_size": image_size, "policy": policy, "threads": threads,
+        "rounds": rounds, "variants": {},
+    }  # fmt: skip
+    base = seconds["batchloader"]
+    for name, values in seconds.items():
+        result["variants"][name] = {
+            "images_per_s": len(rows) / statistics.median(values),
+            "seconds": values,
+            "ratio": statistics.median(b / v for b, v in zip(base, values, strict=True)),
+        }
+    print_report(result)
+    return result
+
+
+def print_report(result: dict[str, Any]) -> None:
+    """Each variant's rate and its ratio to ``batchloader``, with the per-round ratios."""
+    base = result["variants"]["batchloader"]["seconds"]
+    print("one epoch of augmented, normalised training batches:")
+    for name, figures in result["variants"].items():
+        rounds = ", ".join(f"{b / v:.2f}" for b, v in zip(base, figures["seconds"], strict=True))
+        print(
+            f"  {name:22s} {figures['images_per_s']:9.1f} img/s   "
+            f"{figures['ratio']:5.2f}x batchloader's speed (rounds: {rounds})"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--policy", default="article", help="augmentation policy")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--workers", type=int, default=0, help="also time N loader workers")
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help=f"<= {QUICK_IMAGES} images, 2 rounds")
+    args = parser.parse_args(argv)
+    bench_dataloader(
+        args.data, args.image_size, policy=args.policy, rounds=args.rounds,
+        threads=args.threads, workers=args.workers, max_images=args.max_images, quick=args.quick,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
