@@ -127,9 +127,6 @@ def test_public_names_are_reexported_from_their_modules():
         style: ["figures_dir", "save_figure"],
         data: [
             "plot_class_balance",
-            "plot_split_counts",
-            "plot_pneumonia_kinds",
-            "plot_images_per_patient",
             "plot_size_histograms",
             "plot_image_grid",
         ],
@@ -186,48 +183,6 @@ def test_class_balance_rejects_bad_tables():
     bad.loc[0, "label"] = "COVID"
     with pytest.raises(ValueError, match="COVID"):
         plots.plot_class_balance(bad)
-
-
-def test_split_counts_grouped_bars():
-    images = make_scan_table()
-    fig = plots.plot_split_counts(images)
-    (ax,) = fig.axes
-    # Bars are drawn class by class, each over the splits in train/val/test order.
-    expected = [COUNTS[(s, c)] for c in CLASSES for s in ("train", "val", "test")]
-    assert bar_heights(ax) == expected
-    ticks = [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]
-    assert ticks == ["train", "val", "test"]
-
-
-def test_split_counts_leaves_out_absent_split():
-    images = make_scan_table()
-    fig = plots.plot_split_counts(images[images["split"] != "test"])
-    ticks = [t.get_text().split("\n")[0] for t in fig.axes[0].get_xticklabels()]
-    assert ticks == ["train", "val"]
-
-
-def test_pneumonia_kinds_counts_and_other():
-    images = make_scan_table()
-    pneumonia = images[images["label"] == "PNEUMONIA"]
-    fig = plots.plot_pneumonia_kinds(images)
-    expected = [int((pneumonia["kind"] == k).sum()) for k in ("bacteria", "virus")]
-    assert bar_heights(fig.axes[0]) == expected
-
-    images.loc[pneumonia.index[0], "kind"] = "none"  # a PNEUMONIA file of unknown kind
-    fig = plots.plot_pneumonia_kinds(images)
-    heights = bar_heights(fig.axes[0])
-    assert len(heights) == 3 and heights[2] == 1
-    assert sum(heights) == len(pneumonia)  # nothing dropped
-
-
-def test_images_per_patient_histogram_counts_patients():
-    images = make_scan_table()
-    fig = plots.plot_images_per_patient(images)
-    (ax,) = fig.axes
-    assert ax.get_yscale() == "log"
-    total = sum(bar_heights(ax))
-    patients = images.groupby("label")["patient"].nunique().sum()
-    assert total == patients
 
 
 def test_size_histograms_three_panels_with_medians():
@@ -465,9 +420,6 @@ def all_figures(save_dir: Path) -> dict[str, Figure]:
     p = np.r_[np.linspace(0.05, 0.75, 10), np.linspace(0.4, 0.99, 20)]
     calls = {
         "class_balance": lambda s: plots.plot_class_balance(images, save=s),
-        "split_counts": lambda s: plots.plot_split_counts(images, save=s),
-        "kinds": lambda s: plots.plot_pneumonia_kinds(images, save=s),
-        "per_patient": lambda s: plots.plot_images_per_patient(images, save=s),
         "sizes": lambda s: plots.plot_size_histograms(images, save=s),
         "grid": lambda s: plots.plot_image_grid(grays, list("abcd"), save=s),
         "gradcam": lambda s: plots.plot_gradcam_grid(grays, heat, list("abcd"), save=s),

@@ -10,8 +10,8 @@ Where things live (import them from here, ``from helpers.plots import plot_roc``
 
 * :mod:`helpers.plots.style`: the house style and class colours, :func:`figures_dir`,
   :func:`save_figure` and the machinery every figure shares (styling, closing, saving, checks).
-* :mod:`helpers.plots.data`: the dataset figures (class balance, split counts, pneumonia kinds,
-  images per patient, image sizes, image grids).
+* :mod:`helpers.plots.data`: the dataset figures that are more than a seaborn one-liner (class
+  balance and image sizes for the README, image grids).
 * :mod:`helpers.plots.results`: the training and evaluation figures (history, confusion
   matrix, ROC and precision-recall curves, probability histogram, Grad-CAM grid).
 """
@@ -19,10 +19,7 @@ Where things live (import them from here, ``from helpers.plots import plot_roc``
 from helpers.plots.data import (
     plot_class_balance,
     plot_image_grid,
-    plot_images_per_patient,
-    plot_pneumonia_kinds,
     plot_size_histograms,
-    plot_split_counts,
 )
 from helpers.plots.results import (
     plot_confusion_matrix,
@@ -36,7 +33,6 @@ from helpers.plots.results import (
 from helpers.plots.style import (
     CLASS_COLORS,
     DPI,
-    KIND_COLORS,
     MAX_PNG_BYTES,
     STYLE,
     figures_dir,
@@ -46,7 +42,6 @@ from helpers.plots.style import (
 __all__ = [
     "CLASS_COLORS",
     "DPI",
-    "KIND_COLORS",
     "MAX_PNG_BYTES",
     "STYLE",
     "figures_dir",
@@ -56,12 +51,9 @@ __all__ = [
     "plot_gradcam_grid",
     "plot_history",
     "plot_image_grid",
-    "plot_images_per_patient",
-    "plot_pneumonia_kinds",
     "plot_pr",
     "plot_probability_histogram",
     "plot_roc",
     "plot_size_histograms",
-    "plot_split_counts",
     "save_figure",
 ]

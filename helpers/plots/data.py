@@ -1,5 +1,6 @@
-"""The dataset figures: class balance, split counts, pneumonia kinds, images per patient, image
-sizes (notebooks 1 and 2), and the image grid (notebooks 2 and 5).
+"""The dataset figures that are more than a seaborn one-liner: the class balance and the image
+sizes with their medians (the README's figures, ``python -m helpers figures``), and the image
+grid (notebooks 2, 5 and 6). Notebook 01 draws its own EDA with seaborn on the scan table.
 
 Each function takes the scan table (``helpers.data.scan(...).images``: one row per image with
 ``split``, ``label``, ``patient``, ``kind``, ``width``, ``height``) or a list of images, checks
@@ -16,12 +17,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from helpers.config import CLASSES
 from helpers.plots.style import (
     CLASS_COLORS,
-    KIND_COLORS,
     PathLike,
     _as_displayable,
     _check_class_names,
@@ -31,9 +30,6 @@ from helpers.plots.style import (
     _styled,
     _title_color,
 )
-
-SPLITS: tuple[str, str, str] = ("train", "val", "test")
-"""The order in which splits are drawn; other split names follow, sorted."""
 
 
 def _rows_of_split(images: pd.DataFrame, split: str, where: str) -> pd.DataFrame:
@@ -83,112 +79,6 @@ def plot_class_balance(
     normal, pneumonia = int(counts["NORMAL"]), int(counts["PNEUMONIA"])
     ratio = f"{pneumonia / normal:.2f} : 1" if normal else "no NORMAL images"
     ax.set_title(f"Class balance, {split} split ({total:,} images)\nPNEUMONIA : NORMAL = {ratio}")
-    return _saved(fig, save)
-
-
-@_styled
-def plot_split_counts(images: pd.DataFrame, save: PathLike | None = None) -> Figure:
-    """Images per split and class, as grouped bars (one group per split, one bar per class).
-
-    Shows at a glance how small the official validation folder is and that every split keeps
-    roughly the same imbalance. Splits appear in train/val/test order; an absent split is left
-    out rather than drawn as an empty group.
-    """
-    where = "plot_split_counts"
-    _require_columns(images, ["split", "label"], where)
-    if images.empty:
-        raise ValueError(f"{where}: the scan table is empty")
-    _check_class_names(images["label"], where)
-    present = [str(s) for s in images["split"].unique()]
-    splits = [s for s in SPLITS if s in present] + sorted(s for s in present if s not in SPLITS)
-    table = (
-        images.groupby(["split", "label"])
-        .size()
-        .unstack(fill_value=0)
-        .reindex(index=splits, columns=list(CLASSES), fill_value=0)
-    )
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-    x = np.arange(len(splits))
-    width = 0.38
-    for i, cls in enumerate(CLASSES):
-        bars = ax.bar(
-            x + (i - 0.5) * width,
-            table[cls].to_numpy(),
-            width=width,
-            color=CLASS_COLORS[cls],
-            label=cls,
-        )
-        ax.bar_label(bars, labels=[f"{n:,}" for n in table[cls]], padding=2, fontsize=9)
-    ax.set_xticks(x, [f"{s}\n({table.loc[s].sum():,})" for s in splits])
-    ax.set_ylim(0, table.to_numpy().max() * 1.15)
-    ax.set_xlabel("split (total images)")
-    ax.set_ylabel("images")
-    ax.grid(axis="x", visible=False)
-    ax.legend(title="class")
-    ax.set_title("Images per split and class")
-    return _saved(fig, save)
-
-
-@_styled
-def plot_pneumonia_kinds(images: pd.DataFrame, save: PathLike | None = None) -> Figure:
-    """Bacterial vs viral pneumonia among the PNEUMONIA images (all splits together).
-
-    The series only separates NORMAL from PNEUMONIA, but the two kinds look different on an
-    X-ray and explain part of the errors. PNEUMONIA rows whose kind is neither ``bacteria`` nor
-    ``virus`` are counted in an "other" bar, so no image disappears from the figure.
-    """
-    where = "plot_pneumonia_kinds"
-    _require_columns(images, ["label", "kind"], where)
-    rows = images[images["label"] == "PNEUMONIA"]
-    if rows.empty:
-        raise ValueError(f"{where}: the table has no PNEUMONIA rows")
-    kinds = rows["kind"].astype(str).where(rows["kind"].isin(["bacteria", "virus"]), "other")
-    counts = kinds.value_counts().reindex(["bacteria", "virus", "other"], fill_value=0)
-    if counts["other"] == 0:
-        counts = counts.drop("other")
-    total = int(counts.sum())
-
-    fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
-    _count_bars(ax, counts, [KIND_COLORS[k] for k in counts.index])
-    ax.set_xlabel("kind of pneumonia (from the file name)")
-    ax.set_ylabel("PNEUMONIA images")
-    ax.grid(axis="x", visible=False)
-    ax.set_title(f"Bacterial vs viral pneumonia ({total:,} images)")
-    return _saved(fig, save)
-
-
-@_styled
-def plot_images_per_patient(images: pd.DataFrame, save: PathLike | None = None) -> Figure:
-    """How many images each patient contributes, per class (side-by-side histogram bars).
-
-    Several images per patient is why the validation split is grouped by patient: otherwise
-    the same lungs would sit on both sides of the split and flatter the validation score.
-    """
-    where = "plot_images_per_patient"
-    _require_columns(images, ["label", "patient"], where)
-    if images.empty:
-        raise ValueError(f"{where}: the scan table is empty")
-    _check_class_names(images["label"], where)
-    per_patient = images.groupby(["label", "patient"]).size()
-    data = [per_patient.get(cls, pd.Series(dtype=int)).to_numpy() for cls in CLASSES]
-    top = max(int(d.max()) for d in data if d.size)
-    bins = np.arange(0.5, top + 1.5)
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
-    labels = [
-        f"{cls}: {d.size:,} patients, {d.mean():.2f} images each" if d.size else f"{cls}: none"
-        for cls, d in zip(CLASSES, data, strict=True)
-    ]
-    ax.hist(data, bins=bins, color=[CLASS_COLORS[c] for c in CLASSES], label=labels, rwidth=0.9)
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=0.5)  # so that a bar of one patient still shows on the log scale
-    ax.set_xlim(0, top + 1)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("images per patient")
-    ax.set_ylabel("patients (log scale)")
-    ax.legend()
-    ax.set_title("Images per patient")
     return _saved(fig, save)
 
 

@@ -40,9 +40,6 @@ MAX_PNG_BYTES = 300_000
 CLASS_COLORS: dict[str, str] = {"NORMAL": "#0072B2", "PNEUMONIA": "#D55E00"}
 """One colour per class (Okabe-Ito blue and vermillion: colour-blind safe), in every figure."""
 
-KIND_COLORS: dict[str, str] = {"bacteria": "#A34500", "virus": "#F0A060", "other": "#999999"}
-"""Shades of the PNEUMONIA colour for its two kinds (grey for rows of no known kind)."""
-
 TRAIN_COLOR = "#4D4D4D"
 VAL_COLOR = "#009E73"
 LR_COLORS: dict[str, str] = {"lr_head": "#CC79A7", "lr_backbone": "#E69F00"}
