@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from helpers import plots  # noqa: E402
 from helpers.config import CLASSES  # noqa: E402
+from helpers.plots import style  # noqa: E402
 
 # Images per (split, label) in the synthetic scan table: unequal on purpose, so that a
 # swapped class or split shows up.
@@ -472,6 +473,25 @@ def test_save_figure_is_atomic(tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["cm.png"]  # and no temp file is left
     with pytest.raises(ValueError, match=r"\.png"):
         plots.save_figure(fig, tmp_path / "cm.jpg")
+
+
+def test_a_figure_keeps_interactive_mode_switched_on_while_drawing():
+    """Jupyter's inline backend switches interactive mode on when a kernel's first figure loads
+    it; if that first figure is one of ours, leaving the house style must not switch it off,
+    or every later pyplot or seaborn figure of the notebook would stay hidden."""
+
+    @style._styled
+    def first_figure() -> Figure:
+        matplotlib.interactive(True)  # what loading the inline backend does
+        return plt.figure()
+
+    before = matplotlib.is_interactive()
+    try:
+        matplotlib.interactive(False)
+        first_figure()
+        assert matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(before)
 
 
 def test_figures_dir_follows_outputs(tmp_path, monkeypatch):

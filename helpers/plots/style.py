@@ -145,6 +145,11 @@ def _styled(func: F) -> F:
         try:
             with matplotlib.rc_context(STYLE):
                 fig = func(*args, **kwargs)
+                # Jupyter's inline backend, loaded by a kernel's first figure, switches
+                # interactive mode on; leaving rc_context would switch it off again, and later
+                # figures drawn with pyplot or seaborn would no longer be shown.
+                interactive = matplotlib.is_interactive()
+            matplotlib.interactive(interactive)
         except BaseException:
             for number in set(plt.get_fignums()) - open_before:
                 plt.close(number)
