@@ -62,7 +62,8 @@ from helpers.runs import (
 
 @dataclass
 class EpochResult:
-    """Per-image mean loss, accuracy and support-weighted F1 over one pass."""
+    """The loss over one pass (weighted as the criterion weights it, so that it does not
+    depend on how the images were batched), accuracy and support-weighted F1."""
 
     loss: float
     acc: float
@@ -86,7 +87,13 @@ def run_epoch(
     (``grad_clip=None``: no clipping), step, then ``after_step()`` (the engine updates its
     weight average there). Evaluation: ``model.eval()`` under ``torch.no_grad()``. On CUDA
     the forward pass runs in mixed precision (bfloat16 where supported, else float16 with
-    the ``scaler``). Loss is averaged per image; accuracy and F1 over all predictions.
+    the ``scaler``). Accuracy and F1 are over all predictions.
+
+    The loss is the criterion's over the whole pass: a class-weighted cross-entropy averages
+    each batch over the sum of its images' class weights, so each batch's loss is weighted by
+    that sum and the total divided by the sum of all weights (sum of weighted losses / sum of
+    weights). Multiplying by the batch size instead would make the figure, and with it early
+    stopping and ``best.pt``, depend on the batch size.
     """
     training = optimizer is not None
     model.train(training)
@@ -94,7 +101,8 @@ def run_epoch(
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     # bfloat16 has float32's exponent range, so only float16 needs its loss scaled
     scaling = use_amp and amp_dtype == torch.float16 and scaler is not None and scaler.is_enabled()
-    total_loss, seen = 0.0, 0
+    total_loss, total_weight = 0.0, 0.0
+    class_weight = getattr(criterion, "weight", None)  # None: every image weighs 1
     targets, predictions = [], []
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.set_grad_enabled(training):
@@ -117,8 +125,9 @@ def run_epoch(
                     optimizer.step()
                 if after_step is not None:
                     after_step()
-            total_loss += float(loss.detach()) * len(y)
-            seen += len(y)
+            weight = len(y) if class_weight is None else float(class_weight[y].sum())
+            total_loss += float(loss.detach()) * weight
+            total_weight += weight
             targets.append(y.cpu())
             predictions.append(logits.detach().argmax(1).cpu())
             if progress is not None:
@@ -126,7 +135,7 @@ def run_epoch(
     y_true = torch.cat(targets).numpy()
     y_pred = torch.cat(predictions).numpy()
     f1 = float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
-    return EpochResult(total_loss / seen, float((y_true == y_pred).mean()), f1)
+    return EpochResult(total_loss / total_weight, float((y_true == y_pred).mean()), f1)
 
 
 # --- the run ----------------------------------------------------------------------------------
