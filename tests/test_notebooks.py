@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -28,14 +29,15 @@ import torch
 
 from helpers import notebooks as notebooks_module
 from helpers.cli import main
-from helpers.config import Config
+from helpers.config import CLASSES, Config
 from helpers.data import class_weights
 from helpers.loader import prepare_data
 from helpers.model import PneumoniaNet, build_model, parameter_groups
 from helpers.notebooks import NOTEBOOKS, NotebookError, run_notebooks
 from helpers.recipe import make_optimizer, use_scratch_batchnorm, weighted_loss
 from helpers.runs import notebook_run_dir
-from helpers.train import run_epoch
+from helpers.train import run_epoch, start_training
+from helpers.train import train as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -136,6 +138,25 @@ def test_every_notebook_ends_with_recap_exercises_and_questions(name):
     assert 4 <= len(_numbered_items(questions)) <= 8
     assert len(_numbered_items(answers)) == len(_numbered_items(questions))
     assert "</details>" in answers
+
+
+def _exercises(name: str) -> list[str]:
+    """The numbered items of a notebook's "Try it yourself" section."""
+    markdown = "\n".join(c.source for c in stored()[name].cells if c.cell_type == "markdown")
+    section = markdown.split("## Try it yourself", 1)[1].split("## Check your understanding", 1)[0]
+    return re.split(r"^\d+\. ", section, flags=re.MULTILINE)[1:]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_exercise_says_what_to_expect(name):
+    """Each exercise ends with a paragraph that begins **Expect:** and says what the reader will
+    see (issue 22): one such line per exercise, and nothing after its paragraph."""
+    for number, item in enumerate(_exercises(name), 1):
+        lines = item.rstrip().splitlines()
+        starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("**Expect:**")]
+        assert len(starts) == 1, f"{name}, exercise {number}: {len(starts)} lines begin **Expect:**"
+        after = lines[starts[0] + 1 :]
+        assert all(line.strip() for line in after), f"{name}, exercise {number}: text after Expect"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -395,6 +416,90 @@ def test_show_run_prints_the_runs_recipe_not_the_default(capsys):
     for name in ("05_evaluation.ipynb", "06_use_your_model.ipynb"):
         run_cell = cell_defining(name, "run_dir = trained_run(config, location)")
         assert "show_run(run_dir, run_config, checkpoint)" in run_cell
+
+
+def _notebook_04(**names) -> dict:
+    """Notebook 04's imports, loss-and-optimiser, epoch and fit cells run with ``names``
+    (``model``, ``config``, ``weights``, ``device``) given; returns the namespace."""
+    namespace: dict = {}
+    exec(stored()["04_training.ipynb"].cells[2].source, namespace)  # the imports cell
+    namespace.update(names)
+    for marker in ("optimizer = torch.optim.AdamW(", "def train_one_epoch(", "def fit("):
+        exec(cell_defining("04_training.ipynb", marker), namespace)
+    return namespace
+
+
+def test_notebook_04_fit_loop_is_train(demo_root, session_outputs, tmp_path, monkeypatch):
+    """The fit loop notebook 04 writes out, run for several epochs until it stops early, gives
+    ``train()``'s history (losses, accuracy, learning rate), best epoch and best weights, bit
+    for bit: from scratch on the CPU, from the same seed and data, on a model built as
+    ``train()`` builds it (``start_training``: seeded, ``channels_last``)."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    config = (
+        Config()
+        .quick_mode()
+        .replace(pretrained="none", image_size=32, subset=120, epochs=12, patience=2)
+    )
+    data = prepare_data(config, demo_root, progress=False)
+    result = train_run(config, tmp_path / "run", prepared=data, device="cpu", progress=False)
+    assert result.stopped_early and 3 <= len(result.history) < config.epochs
+
+    device = torch.device("cpu")
+    weights = class_weights(data.rows("train")[1])
+    model = start_training(config, weights, device).model
+    notebook = _notebook_04(model=model, config=config, weights=weights, device=device)
+    loaders = data.loader("train", config, device), data.loader("val", config, device)
+    history, best_epoch = notebook["fit"](
+        model, *loaders, notebook["criterion"], notebook["optimizer"], notebook["scheduler"], config
+    )
+    assert best_epoch == result.best_epoch
+    engine = result.history.set_index("epoch").rename(columns={"lr_head": "lr"})
+    columns = ["lr", "train_loss", "val_loss", "val_acc"]
+    pd.testing.assert_frame_equal(history[columns], engine[columns], check_exact=True)
+    trained = result.model.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+
+
+def test_notebook_04_exercise_1_changes_the_trained_run(
+    demo_root, session_outputs, tmp_path, monkeypatch
+):
+    """``train()`` trains with the criterion notebook 04 builds: its training cell with the
+    notebook's class weights gives ``train()``'s own run; with exercise 1's line (no class
+    weights) another run, and ``config.json`` says so."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    config = Config().quick_mode().replace(pretrained="none", image_size=32, subset=120, epochs=2)
+    data = prepare_data(config, demo_root, progress=False)
+    default = train_run(config, tmp_path / "default", prepared=data, device="cpu", progress=False)
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path / "outputs"))  # notebook_run_dir()
+    exercise = re.search(r"`(weights = [^`]+)`", _exercises("04_training.ipynb")[0])[1]
+
+    def training_cell(change: str | None) -> pd.DataFrame:
+        names = {"weights": class_weights(data.rows("train")[1])}
+        if change:
+            exec(change, {"CLASSES": CLASSES}, names)
+        notebook = _notebook_04(
+            model=PneumoniaNet(), config=config, device=torch.device("cpu"), **names
+        )
+        notebook["data"] = data
+        exec(cell_defining("04_training.ipynb", "result = train("), notebook)
+        return notebook["result"].history.drop(columns="seconds")
+
+    same = training_cell(None)
+    pd.testing.assert_frame_equal(same, default.history.drop(columns="seconds"), check_exact=True)
+    changed = training_cell(exercise)
+    assert not changed["train_loss"].equals(same["train_loss"])
+    recorded = json.loads((notebook_run_dir() / "config.json").read_text())
+    assert recorded["data"]["class_weights"] == {"NORMAL": 1.0, "PNEUMONIA": 1.0}
+
+
+def test_notebook_run_dir_gives_each_run_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path))
+    assert notebook_run_dir() == tmp_path / "runs" / "notebook"
+    assert notebook_run_dir("no-class-weights") == tmp_path / "runs" / "no-class-weights"
+    for bad in ("", "..", "a/b", "a\\b"):
+        with pytest.raises(ValueError, match="plain folder name"):
+            notebook_run_dir(bad)
 
 
 # --- notebooks on a fresh machine, and reusing a run ---------------------------------------
