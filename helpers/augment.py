@@ -244,8 +244,9 @@ def robust_perturbation(
 ) -> torch.Tensor:
     """Intensity, contrast and scale changes wider than the article's, for every image.
 
-    Why: the official test split was acquired differently from the training split (a known
-    trait of this dataset), and models trained on train over-call pneumonia on test. Exposure
+    Why: the official test split's images look different from the training split's (notebook
+    05 measures it; why is a hypothesis, notebook 01), and models trained on train over-call
+    pneumonia on test. Exposure
     (gamma), contrast, brightness and field-of-view (zoom) are what differs between X-ray
     machines and protocols; varying them in training asks the model not to rely on them.
     ``framing=True`` (the ``"framing"`` policy) also varies the zoom more, the height against
