@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pandas.testing import assert_frame_equal
 
 from helpers import notebooks as notebooks_module
 from helpers.cli import main
@@ -235,6 +236,90 @@ def test_notebook_03_builds_exactly_pneumonianet(trainable_blocks, monkeypatch):
         assert (sum(p.numel() for p in model.parameters()), trainable) == (928_162, 351_698)
 
 
+def _notebook_04(**names) -> dict:
+    """Notebook 04's imports, loss-and-optimiser, epoch and fit cells run with ``names``
+    (``model``, ``config``, ``weights``, ``device``) given; returns the namespace."""
+    namespace: dict = {}
+    exec(stored()["04_training.ipynb"].cells[2].source, namespace)  # the imports cell
+    namespace.update(names)
+    for marker in ("optimizer = torch.optim.AdamW(", "def train_one_epoch(", "def fit("):
+        exec(cell_defining("04_training.ipynb", marker), namespace)
+    return namespace
+
+
+def test_notebook_04_fit_loop_is_train(demo_root, session_outputs, tmp_path, monkeypatch):
+    """The fit loop notebook 04 writes out, run for several epochs until it stops early, gives
+    ``train()``'s history (losses, accuracy, learning rate), best epoch and best weights, bit
+    for bit: from scratch on the CPU, from the same seed and data, on a model built as
+    ``train()`` builds it (``start_training``: seeded, ``channels_last``)."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    config = (
+        Config()
+        .quick_mode()
+        .replace(pretrained="none", image_size=32, subset=120, epochs=12, patience=2)
+    )
+    data = prepare_data(config, demo_root, progress=False)
+    result = train_run(config, tmp_path / "run", prepared=data, device="cpu", progress=False)
+    assert result.stopped_early and 3 <= len(result.history) < config.epochs
+
+    device = torch.device("cpu")
+    weights = class_weights(data.rows("train")[1])
+    model = start_training(config, weights, device).model
+    notebook = _notebook_04(model=model, config=config, weights=weights, device=device)
+    loaders = data.loader("train", config, device), data.loader("val", config, device)
+    history, best_epoch = notebook["fit"](
+        model, *loaders, notebook["criterion"], notebook["optimizer"], notebook["scheduler"], config
+    )
+    assert best_epoch == result.best_epoch
+    engine = result.history.set_index("epoch").rename(columns={"lr_head": "lr"})
+    columns = ["lr", "train_loss", "val_loss", "val_acc"]
+    assert_frame_equal(history[columns], engine[columns], check_exact=True)
+    trained = result.model.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+
+
+def test_notebook_04_exercise_1_changes_the_trained_run(
+    demo_root, session_outputs, tmp_path, monkeypatch
+):
+    """``train()`` trains with the criterion notebook 04 builds: its training cell with the
+    notebook's class weights gives ``train()``'s own run; with exercise 1's line (no class
+    weights) another run, and ``config.json`` says so."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+    config = Config().quick_mode().replace(pretrained="none", image_size=32, subset=120, epochs=2)
+    data = prepare_data(config, demo_root, progress=False)
+    default = train_run(config, tmp_path / "default", prepared=data, device="cpu", progress=False)
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path / "outputs"))  # notebook_run_dir()
+    exercise = re.search(r"`(weights = [^`]+)`", _exercises("04_training.ipynb")[0])[1]
+
+    def training_cell(change: str | None):
+        names = {"weights": class_weights(data.rows("train")[1])}
+        if change:
+            exec(change, {"CLASSES": CLASSES}, names)
+        notebook = _notebook_04(
+            model=PneumoniaNet(), config=config, device=torch.device("cpu"), **names
+        )
+        notebook["data"] = data
+        exec(cell_defining("04_training.ipynb", "result = train("), notebook)
+        return notebook["result"].history.drop(columns="seconds")
+
+    same = training_cell(None)
+    assert_frame_equal(same, default.history.drop(columns="seconds"), check_exact=True)
+    changed = training_cell(exercise)
+    assert not changed["train_loss"].equals(same["train_loss"])
+    recorded = json.loads((notebook_run_dir() / "config.json").read_text())
+    assert recorded["data"]["class_weights"] == {"NORMAL": 1.0, "PNEUMONIA": 1.0}
+
+
+def test_notebook_run_dir_gives_each_run_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path))
+    assert notebook_run_dir() == tmp_path / "runs" / "notebook"
+    assert notebook_run_dir("no-class-weights") == tmp_path / "runs" / "no-class-weights"
+    for bad in ("", "..", "a/b", "a\\b"):
+        with pytest.raises(ValueError, match="plain folder name"):
+            notebook_run_dir(bad)
+
+
 def _notebook_04_epoch(model, loader, config, weights, device):
     """Notebook 04's loss, optimiser and epoch cells, run on ``model``."""
     namespace: dict = {}
@@ -416,90 +501,6 @@ def test_show_run_prints_the_runs_recipe_not_the_default(capsys):
     for name in ("05_evaluation.ipynb", "06_use_your_model.ipynb"):
         run_cell = cell_defining(name, "run_dir = trained_run(config, location)")
         assert "show_run(run_dir, run_config, checkpoint)" in run_cell
-
-
-def _notebook_04(**names) -> dict:
-    """Notebook 04's imports, loss-and-optimiser, epoch and fit cells run with ``names``
-    (``model``, ``config``, ``weights``, ``device``) given; returns the namespace."""
-    namespace: dict = {}
-    exec(stored()["04_training.ipynb"].cells[2].source, namespace)  # the imports cell
-    namespace.update(names)
-    for marker in ("optimizer = torch.optim.AdamW(", "def train_one_epoch(", "def fit("):
-        exec(cell_defining("04_training.ipynb", marker), namespace)
-    return namespace
-
-
-def test_notebook_04_fit_loop_is_train(demo_root, session_outputs, tmp_path, monkeypatch):
-    """The fit loop notebook 04 writes out, run for several epochs until it stops early, gives
-    ``train()``'s history (losses, accuracy, learning rate), best epoch and best weights, bit
-    for bit: from scratch on the CPU, from the same seed and data, on a model built as
-    ``train()`` builds it (``start_training``: seeded, ``channels_last``)."""
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-    config = (
-        Config()
-        .quick_mode()
-        .replace(pretrained="none", image_size=32, subset=120, epochs=12, patience=2)
-    )
-    data = prepare_data(config, demo_root, progress=False)
-    result = train_run(config, tmp_path / "run", prepared=data, device="cpu", progress=False)
-    assert result.stopped_early and 3 <= len(result.history) < config.epochs
-
-    device = torch.device("cpu")
-    weights = class_weights(data.rows("train")[1])
-    model = start_training(config, weights, device).model
-    notebook = _notebook_04(model=model, config=config, weights=weights, device=device)
-    loaders = data.loader("train", config, device), data.loader("val", config, device)
-    history, best_epoch = notebook["fit"](
-        model, *loaders, notebook["criterion"], notebook["optimizer"], notebook["scheduler"], config
-    )
-    assert best_epoch == result.best_epoch
-    engine = result.history.set_index("epoch").rename(columns={"lr_head": "lr"})
-    columns = ["lr", "train_loss", "val_loss", "val_acc"]
-    pd.testing.assert_frame_equal(history[columns], engine[columns], check_exact=True)
-    trained = result.model.state_dict()
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, trained[name]), name
-
-
-def test_notebook_04_exercise_1_changes_the_trained_run(
-    demo_root, session_outputs, tmp_path, monkeypatch
-):
-    """``train()`` trains with the criterion notebook 04 builds: its training cell with the
-    notebook's class weights gives ``train()``'s own run; with exercise 1's line (no class
-    weights) another run, and ``config.json`` says so."""
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-    config = Config().quick_mode().replace(pretrained="none", image_size=32, subset=120, epochs=2)
-    data = prepare_data(config, demo_root, progress=False)
-    default = train_run(config, tmp_path / "default", prepared=data, device="cpu", progress=False)
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path / "outputs"))  # notebook_run_dir()
-    exercise = re.search(r"`(weights = [^`]+)`", _exercises("04_training.ipynb")[0])[1]
-
-    def training_cell(change: str | None) -> pd.DataFrame:
-        names = {"weights": class_weights(data.rows("train")[1])}
-        if change:
-            exec(change, {"CLASSES": CLASSES}, names)
-        notebook = _notebook_04(
-            model=PneumoniaNet(), config=config, device=torch.device("cpu"), **names
-        )
-        notebook["data"] = data
-        exec(cell_defining("04_training.ipynb", "result = train("), notebook)
-        return notebook["result"].history.drop(columns="seconds")
-
-    same = training_cell(None)
-    pd.testing.assert_frame_equal(same, default.history.drop(columns="seconds"), check_exact=True)
-    changed = training_cell(exercise)
-    assert not changed["train_loss"].equals(same["train_loss"])
-    recorded = json.loads((notebook_run_dir() / "config.json").read_text())
-    assert recorded["data"]["class_weights"] == {"NORMAL": 1.0, "PNEUMONIA": 1.0}
-
-
-def test_notebook_run_dir_gives_each_run_its_own_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path))
-    assert notebook_run_dir() == tmp_path / "runs" / "notebook"
-    assert notebook_run_dir("no-class-weights") == tmp_path / "runs" / "no-class-weights"
-    for bad in ("", "..", "a/b", "a\\b"):
-        with pytest.raises(ValueError, match="plain folder name"):
-            notebook_run_dir(bad)
 
 
 # --- notebooks on a fresh machine, and reusing a run ---------------------------------------
