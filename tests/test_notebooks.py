@@ -247,6 +247,7 @@ def _notebook_04(**names) -> dict:
     return namespace
 
 
+@pytest.mark.slow
 def test_notebook_04_fit_loop_is_train(demo_root, session_outputs, tmp_path, monkeypatch):
     """The fit loop notebook 04 writes out, run for several epochs until it stops early, gives
     ``train()``'s history (losses, accuracy, learning rate), best epoch and best weights, bit
@@ -279,6 +280,7 @@ def test_notebook_04_fit_loop_is_train(demo_root, session_outputs, tmp_path, mon
         assert torch.equal(tensor, trained[name]), name
 
 
+@pytest.mark.slow
 def test_notebook_04_exercise_1_changes_the_trained_run(
     demo_root, session_outputs, tmp_path, monkeypatch
 ):

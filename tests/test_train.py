@@ -194,6 +194,7 @@ def test_resume_refuses_a_different_recipe(quick_run, demo_root, outputs, tmp_pa
         train(QUICK.replace(image_size=32), run_dir, demo_root, progress=False, resume=True)
 
 
+@pytest.mark.slow
 def test_train_takes_class_weights_or_a_criterion(outputs, demo_root, tmp_path):
     """The loss ``train()`` uses is the one it is given: equal class weights give another run
     than the balanced default, a criterion with those weights the same run as the weights, and
