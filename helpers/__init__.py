@@ -1,15 +1,19 @@
 """Shared code for the pneumonia-tutorial notebooks and the ``python -m helpers`` command line.
 
-One module per concern; ``docs/architecture.md`` is the map. Importing the package first
-gives torch the machine's idle cores (:mod:`helpers.cpu`), so the command line and the
-notebooks' setup cell import it before torch.
+One module per concern; ``docs/architecture.md`` is the map. Importing the package changes
+nothing in the process: platform-dependent choices (torch's CPU threads, the autocast dtype,
+where outputs go) are explicit calls (:func:`helpers.cpu.use_idle_cores`, made by the command
+line and the notebooks' setup cell; :func:`helpers.recipe.autocast_dtype`;
+:func:`helpers.notebooks.keep_outputs`).
 """
 
-from helpers.cpu import use_idle_cores
+import importlib.metadata
 
-use_idle_cores()
-
-from helpers.config import CLASSES, Config, config_from_env  # noqa: E402
+from helpers.config import CLASSES, Config, config_from_env
 
 __all__ = ["CLASSES", "Config", "config_from_env"]
-__version__ = "0.2.0"
+
+try:  # the version lives in pyproject.toml only
+    __version__ = importlib.metadata.version("pneumonia-tutorial")
+except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path that was never installed
+    __version__ = "unknown"

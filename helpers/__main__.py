@@ -1,7 +1,5 @@
 """``python -m helpers``: the command line (see :mod:`helpers.cli`)."""
 
-import sys
+from helpers.cli import run
 
-from helpers.cli import main
-
-sys.exit(main())
+run()

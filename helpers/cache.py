@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import time
 import warnings
 from collections.abc import Sequence
@@ -153,12 +155,36 @@ def _open_existing(
 
 
 STALE_TEMP_SECONDS = 6 * 3600
-"""A temporary cache file older than this is an interrupted build whatever its process id
-says (a full-resolution build of the whole dataset takes minutes, not hours)."""
+"""A temporary cache file older than this is an interrupted build whatever its name says (a
+full-resolution build of the whole dataset takes minutes, not hours)."""
+
+
+def host_tag() -> str:
+    """This machine's name as it goes into a temporary file name (letters, digits, ``_``)."""
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname() or "unknown")[:64]
+
+
+def temp_name(npy_path: Path) -> Path:
+    """The temporary file a build writes: ``<stem>.npy.tmp-<host>-<pid>``."""
+    return npy_path.with_name(f"{npy_path.name}.tmp-{host_tag()}-{os.getpid()}")
+
+
+def _writer(temp: Path) -> tuple[str, int | None]:
+    """``(host, pid)`` from a temporary file's name (host ``""`` for the older
+    ``.tmp-<pid>`` names, which did not record it)."""
+    host, _, pid = temp.name.split(".npy.tmp-", 1)[-1].rpartition("-")
+    return host, int(pid) if pid.isdigit() else None
+
+
+def _can_check_processes() -> bool:
+    """Whether :func:`_process_alive` can ask the OS. On Windows ``os.kill(pid, 0)`` is no
+    probe: signal 0 is ``CTRL_C_EVENT`` there, sent to the process (Python's ``os.kill``
+    documentation), so liveness is not judged on Windows."""
+    return os.name == "posix"
 
 
 def _process_alive(pid: int) -> bool:
-    """True when a process with this id exists on this machine."""
+    """True when a process with this id exists on this machine (POSIX: signal 0 is a probe)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -171,19 +197,26 @@ def _process_alive(pid: int) -> bool:
 def remove_interrupted_builds(cache_dir: Path) -> list[Path]:
     """Delete the temporary arrays of cache builds that were killed; return what was removed.
 
-    A build writes ``<stem>.npy.tmp-<pid>`` and renames it when complete, so a leftover file
-    means its build died (a kill, a crash, a closed Colab tab). It is removed when the process
-    that wrote it is gone, or when it is older than :data:`STALE_TEMP_SECONDS` (process ids are
-    reused, and a folder on a shared drive may have been written by another machine). A file
-    whose writer is still running is left alone: it is a build in progress.
+    A build writes ``<stem>.npy.tmp-<host>-<pid>`` (:func:`temp_name`) and renames it when
+    complete, so a leftover file means its build died (a kill, a crash, a closed Colab tab)
+    or is still running. A file written on this machine, on a POSIX system, is removed when
+    its process is gone. Any other file, written by another machine into a shared folder (a
+    Google Drive used by two sessions, a network drive), by a process whose liveness cannot
+    be checked here (Windows), or with an older name without the host, is removed only once
+    it is older than :data:`STALE_TEMP_SECONDS`: a process id means nothing on another
+    machine. A file whose writer is still running is a build in progress, left alone.
     """
     removed = []
     now = time.time()
+    here = host_tag()
     for temp in Path(cache_dir).glob("*.npy.tmp-*"):
-        pid_text = temp.name.rsplit("-", 1)[-1]
+        host, pid = _writer(temp)
         try:
-            writer_gone = not (pid_text.isdigit() and _process_alive(int(pid_text)))
-            if writer_gone or now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+            if host == here and pid is not None and _can_check_processes():
+                stale = not _process_alive(pid)
+            else:
+                stale = False
+            if stale or now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
                 temp.unlink()
                 removed.append(temp)
         except OSError:  # removed meanwhile by another build
@@ -264,7 +297,7 @@ def _build(
     from tqdm.auto import tqdm
 
     n = len(paths)
-    tmp = npy_path.with_name(f"{npy_path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(npy_path)
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
     ok = np.zeros(n, dtype=np.bool_)
     failed: list[dict[str, str]] = []

@@ -530,3 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """The program ``python -m helpers`` and ``pneumonia-tutorial``: the CPU thread policy
+    (:func:`helpers.cpu.use_idle_cores`, an explicit call here rather than a side effect of
+    importing), then :func:`main`. Calling :func:`main` from Python leaves threads alone."""
+    from helpers.cpu import use_idle_cores
+
+    use_idle_cores()
+    sys.exit(main())

@@ -14,6 +14,8 @@ Environment variables read by :func:`config_from_env`:
     Where the dataset is (read by :func:`helpers.data.find_dataset`).
 ``PNEUMONIA_OUTPUTS``
     Where caches, runs and figures go (default ``outputs/`` in the working directory).
+``PNEUMONIA_CACHE``
+    Where the image caches go, when not under the outputs folder (:func:`cache_dir`).
 """
 
 from __future__ import annotations
@@ -189,3 +191,14 @@ def outputs_dir() -> Path:
     """Where caches, runs and figures are written (``PNEUMONIA_OUTPUTS`` or ``<project>/outputs``)."""
     env = os.environ.get("PNEUMONIA_OUTPUTS")
     return Path(env).expanduser() if env else project_root() / "outputs"
+
+
+def cache_dir() -> Path:
+    """Where decoded-image caches go: ``PNEUMONIA_CACHE``, else ``outputs_dir() / "cache"``.
+
+    Separate so that the outputs can move to a network drive while the cache, a large
+    memory-mapped array read at random, stays on the local disk
+    (:func:`helpers.notebooks.keep_outputs` does this on Colab).
+    """
+    env = os.environ.get("PNEUMONIA_CACHE")
+    return Path(env).expanduser() if env else outputs_dir() / "cache"

@@ -1,4 +1,4 @@
-"""How many CPU threads torch should use: the cores that are idle when the program starts.
+"""How many CPU threads torch should use: the cores that are idle when a program starts.
 
 On a small machine (Colab's 2 vCPUs, a laptop) something else is often running: another
 notebook, a test suite, a second training run. torch's default is one thread per core, and a
@@ -6,18 +6,21 @@ thread that has to share its core with another busy process holds up every paral
 waiting for it. Measured on a 2-core machine with one other CPU-bound process, one thread
 trained about twice as fast as torch's default, while on the idle machine the default was
 fastest (``benchmarks/threads.py``, figures in ``benchmarks/README.md``). So the rule is:
-count the cores that are busy right now, and give torch the others (at least one).
+count the cores this process may run on that are busy right now, and give torch the others
+(at least one).
 
-:func:`use_idle_cores` runs when :mod:`helpers` is imported, before torch in the command line
-and in the notebooks' setup cell. An ``OMP_NUM_THREADS`` set by the user always wins. CPU
-results depend on the thread count in their last digits, so a run records it
-(``config.json``) and a resumed run keeps it (:mod:`helpers.train`).
+Nothing happens on import. :func:`use_idle_cores` is an explicit call, made by the command
+line (:mod:`helpers.cli`) and by the notebooks' setup cell; a program that imports
+``helpers`` as a library keeps torch's settings as they were. The call never touches the
+environment (no ``OMP_NUM_THREADS`` is set, so child processes are not affected) and does
+nothing when the user has set ``OMP_NUM_THREADS``. CPU results depend on the thread count in
+their last digits, so a run records it (``config.json``, ``last.pt``) and a resumed run goes
+back to it whatever this policy chose (:mod:`helpers.train`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,51 +29,72 @@ WINDOW_S = 0.2
 """How long the machine is watched: long enough to see a busy process, short at start-up."""
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """``(idle, total)`` jiffies of all CPUs together, from ``/proc/stat`` (Linux only)."""
+def usable_cores() -> list[int]:
+    """The CPU numbers this process may run on.
+
+    ``os.sched_getaffinity`` (Linux) honours a container's or ``taskset``'s CPU set, where
+    ``os.cpu_count()`` counts every CPU of the host; elsewhere (macOS, Windows) all CPUs.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _cpu_times(cores: list[int]) -> tuple[int, int] | None:
+    """``(idle, total)`` jiffies summed over ``cores``, from ``/proc/stat`` (Linux only)."""
     try:
-        fields = STAT.read_text().split("\n", 1)[0].split()
+        lines = STAT.read_text().splitlines()
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    values = [int(v) for v in fields[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return idle, sum(values)
+    wanted = {f"cpu{n}" for n in cores}
+    idle = total = 0
+    for line in lines:
+        fields = line.split()
+        if not fields or fields[0] not in wanted:
+            continue
+        values = [int(v) for v in fields[1:]]
+        idle += values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        total += sum(values)
+    return (idle, total) if total else None
 
 
-def busy_cores(window_s: float = WINDOW_S) -> float | None:
-    """How many cores other programs keep busy right now (None where it cannot be read)."""
-    before = _cpu_times()
+def busy_cores(window_s: float = WINDOW_S, cores: list[int] | None = None) -> float | None:
+    """How many of ``cores`` (default: :func:`usable_cores`) other programs keep busy right
+    now, measured over ``window_s`` seconds; None where it cannot be read (not Linux)."""
+    cores = usable_cores() if cores is None else cores
+    before = _cpu_times(cores)
     if before is None:
         return None
     time.sleep(window_s)
-    after = _cpu_times()
+    after = _cpu_times(cores)
     if after is None or after[1] <= before[1]:
         return None
     idle_share = (after[0] - before[0]) / (after[1] - before[1])
-    return (1.0 - idle_share) * (os.cpu_count() or 1)
+    return (1.0 - idle_share) * len(cores)
 
 
 def idle_core_threads() -> int | None:
     """The number of threads to use, or None to keep torch's default (an idle machine)."""
-    cores = os.cpu_count() or 1
-    busy = busy_cores()
+    cores = usable_cores()
+    busy = busy_cores(cores=cores)
     if busy is None or busy < 0.5:
         return None
-    return max(1, cores - round(busy))
+    return max(1, len(cores) - round(busy))
 
 
-def use_idle_cores() -> None:
-    """Limit torch to the idle cores when the machine is busy (unless ``OMP_NUM_THREADS`` is
-    set). Before torch is imported this sets ``OMP_NUM_THREADS``; after, it calls
-    ``torch.set_num_threads``."""
+def use_idle_cores() -> int | None:
+    """Give torch the idle cores when the machine is busy; return the count set, or None.
+
+    Nothing is done when ``OMP_NUM_THREADS`` is set (the user's choice wins) or when the
+    machine is idle (torch's default, one thread per usable core, is then fastest). Sets
+    ``torch.set_num_threads`` only: the environment is left as it is.
+    """
     if "OMP_NUM_THREADS" in os.environ:
-        return
+        return None
     threads = idle_core_threads()
     if threads is None:
-        return
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    else:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+        return None
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads

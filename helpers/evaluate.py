@@ -22,7 +22,7 @@ import torch
 
 from helpers.augment import normalize_batch
 from helpers.cache import ImageCache, build_cache
-from helpers.config import CLASSES, Config, outputs_dir
+from helpers.config import CLASSES, Config, cache_dir
 from helpers.data import DatasetError, make_splits, patient_id, scan
 from helpers.files import atomic_write_text
 from helpers.images import ImageError
@@ -195,7 +195,7 @@ def _images_to_score(
     if table.empty:
         raise DatasetError(f"{root}: no {split} images to evaluate")
     cache = build_cache(
-        table["path"].tolist(), config.image_size, outputs_dir() / "cache",
+        table["path"].tolist(), config.image_size, cache_dir(),
         progress=progress, intensity=config.intensity,
     )  # fmt: skip
     return table, cache, root, is_demo_folder(root)

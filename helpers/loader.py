@@ -18,7 +18,7 @@ import torch
 
 from helpers.augment import AUGMENT_POLICIES, augment_policy, normalize_batch
 from helpers.cache import ImageCache, build_cache
-from helpers.config import Config, outputs_dir
+from helpers.config import Config, cache_dir
 from helpers.data import ScanResult, make_splits, scan
 from helpers.sources import DatasetLocation, find_dataset
 
@@ -88,7 +88,7 @@ def prepare_data(
     splits = make_splits(scanned.images, config)
     paths = pd.concat([splits[s]["path"] for s in ("train", "val", "test")]).tolist()
     cache = build_cache(
-        paths, config.image_size, outputs_dir() / "cache", progress=progress,
+        paths, config.image_size, cache_dir(), progress=progress,
         intensity=config.intensity,
     )  # fmt: skip
     return PreparedData(location, scanned, splits, cache)

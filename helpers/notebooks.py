@@ -6,8 +6,8 @@ Two audiences:
 * called *inside* the notebooks: :func:`show_setup` (which data, which recipe, where outputs
   go), :func:`show_run` (the recipe of the run notebooks 05 and 06 score), :func:`keep_outputs`
   (Google Drive on Colab, ``/kaggle/working`` on Kaggle) and :func:`trained_run` (the run of
-  notebook 04, or one trained on the spot, saying so), so that no notebook copies that code
-  from another;
+  notebook 04, found in the outputs or, on Kaggle, among the notebook's inputs, or one trained
+  on the spot, saying so), so that no notebook copies that code from another;
 * :func:`run_notebooks` (``python -m helpers run-notebooks``) executes them top to bottom
   with ``nbclient``, keeps executed copies *with* their outputs under ``outputs/notebooks``
   and stops at the first failing cell with an error naming it.
@@ -19,16 +19,18 @@ Two audiences:
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from helpers.config import Config, outputs_dir, project_root
+from helpers import platforms
+from helpers.config import Config, cache_dir, outputs_dir, project_root
 from helpers.files import atomic_write_text
 from helpers.runs import notebook_run_dir
-from helpers.sources import DatasetLocation, find_dataset
+from helpers.sources import KAGGLE_INPUT, DatasetLocation, find_dataset
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_dataset_eda.ipynb",
@@ -61,7 +63,8 @@ def show_setup(config: Config, location: DatasetLocation) -> None:
     """Print the few facts a reader needs before trusting any output of a notebook.
 
     Which data (and whether it is the synthetic demo, loudly), the quick or full recipe with
-    its image size and epochs, and where caches, runs and figures are written.
+    its image size and epochs, the starting weights (ImageNet or none), and where caches, runs
+    and figures are written.
     """
     print(f"data:    {location.root}  (found via: {location.source})")
     if location.is_demo:
@@ -73,7 +76,14 @@ def show_setup(config: Config, location: DatasetLocation) -> None:
     mode = "QUICK (small images, few epochs, a subset)" if config.quick else "full"
     size = f"{config.image_size}x{config.image_size}"
     print(f"recipe:  {mode}; images {size}, up to {config.epochs} epochs, seed {config.seed}")
+    print(f"weights: {WEIGHTS_NAMES.get(config.pretrained, config.pretrained)}")
     print(f"outputs: {outputs_dir()}")
+
+
+WEIGHTS_NAMES = {
+    "imagenet": "ImageNet (the article's recipe: early blocks frozen)",
+    "none": "none: the whole network trains from scratch (this project's from-scratch recipe)",
+}
 
 
 def show_run(run_dir: Path, config: Config, checkpoint: dict[str, Any]) -> None:
@@ -95,37 +105,76 @@ def show_run(run_dir: Path, config: Config, checkpoint: dict[str, Any]) -> None:
 
 
 def keep_outputs() -> Path:
-    """Keep caches, runs and figures where the next session finds them; return the folder.
+    """Keep runs and figures where the next session finds them; return the outputs folder.
 
     Colab gives every notebook a fresh machine, so a run trained in notebook 04 is gone when
     notebook 05 opens. On Colab this mounts Google Drive (it asks for permission) and points
-    ``PNEUMONIA_OUTPUTS`` at ``MyDrive/pneumonia-tutorial``; on Kaggle it points it at
-    ``/kaggle/working`` (kept when you save a version; attach that output to the next
-    notebook as an input to reuse it). Elsewhere the outputs folder already persists.
+    ``PNEUMONIA_OUTPUTS`` at ``MyDrive/pneumonia-tutorial``, while the image cache stays on
+    the local disk (``PNEUMONIA_CACHE``): a memory-mapped array read at random over Drive's
+    FUSE mount can stall (colabtools issue 1253), and the cache is rebuilt in a minute or
+    two. On Kaggle it points ``PNEUMONIA_OUTPUTS`` at ``/kaggle/working`` (kept when you save
+    a version; attach that output to the next notebook as an input, and :func:`trained_run`
+    copies the run from there). Elsewhere the outputs folder already persists.
     """
-    if os.path.isdir("/content"):
+    place = platforms.where()
+    if place == platforms.COLAB:
+        local_cache = cache_dir()
         from google.colab import drive  # only exists on Colab
 
         drive.mount("/content/drive")
         folder = Path(DRIVE_FOLDER)
-    elif "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+        os.environ["PNEUMONIA_CACHE"] = str(local_cache)
+    elif place == platforms.KAGGLE:
         folder = Path(KAGGLE_WORKING)
     else:
         print(f"outputs already persist on this machine: {outputs_dir()}")
         return outputs_dir()
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["PNEUMONIA_OUTPUTS"] = str(folder)
-    print(f"outputs now go to {folder}")
+    print(
+        f"outputs now go to {folder}"
+        + (f" (image cache: {cache_dir()})" if place == platforms.COLAB else "")
+    )
     return folder
+
+
+def attached_run(base: Path | None = None, max_depth: int = 8) -> Path | None:
+    """A notebook-04 run attached to a Kaggle notebook as an input: the newest
+    ``.../runs/notebook/best.pt`` under ``/kaggle/input`` (at most ``max_depth`` folders
+    down, which covers ``/kaggle/input/<slug>/...`` and ``/kaggle/input/notebooks/<owner>/
+    <slug>/...``), as its run folder; None when there is none."""
+    base = KAGGLE_INPUT if base is None else Path(base)
+    if not base.is_dir():
+        return None
+    found = [
+        path
+        for depth in range(max_depth + 1)
+        for path in base.glob("*/" * depth + "runs/notebook/best.pt")
+        if path.is_file()
+    ]
+    if not found:
+        return None
+    return max(found, key=lambda path: path.stat().st_mtime).parent
+
+
+def _copy_run(source: Path, target: Path) -> None:
+    """Copy a run folder to ``target`` through a temporary sibling, renamed when complete."""
+    temporary = target.with_name(f".{target.name}.copying")
+    shutil.rmtree(temporary, ignore_errors=True)
+    shutil.copytree(source, temporary)
+    os.replace(temporary, target)
 
 
 def trained_run(config: Config, location: DatasetLocation) -> Path:
     """The run folder notebook 04 trained; if there is none, train one now and say so.
 
-    On a GPU the one trained is ``config``'s recipe (the full one unless ``config.quick``).
-    On a CPU a full run would take hours, so unless ``config`` is already quick a clearly
-    labelled quick run at 128 px is trained instead (a few minutes; 128 px rather than quick
-    mode's 64 so that Grad-CAM maps have 4x4 cells, not 2x2).
+    Looked for in the outputs folder, then, on Kaggle, among the notebook's inputs
+    (:func:`attached_run`: notebook 04's saved output, attached with *Add Input*), which is
+    copied into the outputs folder first. On a GPU the one trained is ``config``'s recipe
+    (the full one unless ``config.quick``). On a CPU a full run would take hours, so unless
+    ``config`` is already quick a clearly labelled quick run at 128 px is trained instead (a
+    few minutes; 128 px rather than quick mode's 64 so that Grad-CAM maps have 4x4 cells,
+    not 2x2).
     """
     import torch
 
@@ -134,6 +183,13 @@ def trained_run(config: Config, location: DatasetLocation) -> Path:
     run_dir = notebook_run_dir()
     if (run_dir / "best.pt").is_file():
         print(f"using the run trained in notebook 04: {run_dir}")
+        return run_dir
+    attached = attached_run() if platforms.on_kaggle() else None
+    if attached is not None:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        _copy_run(attached, run_dir)
+        print(f"using the run trained in notebook 04, attached as an input: {attached}")
+        print(f"  copied to {run_dir}")
         return run_dir
     recipe = config
     if not (config.quick or torch.cuda.is_available()):
@@ -154,6 +210,7 @@ def ensure_packages(*modules: str, extra: str = "export") -> None:
     ``modules`` are import names; ``extra`` is this project's optional-dependency group that
     lists them (``pip install "pneumonia-tutorial[export]"`` on your own machine).
     """
+    import importlib
     import importlib.util
     import subprocess
     import sys
@@ -161,15 +218,20 @@ def ensure_packages(*modules: str, extra: str = "export") -> None:
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if not missing:
         return
-    on_cloud = os.path.isdir("/content") or "KAGGLE_KERNEL_RUN_TYPE" in os.environ
-    if not on_cloud:
+    if not platforms.on_cloud():
         raise ModuleNotFoundError(
             f'{", ".join(missing)} not installed: run pip install "pneumonia-tutorial[{extra}]" '
             '(or pip install -e ".[dev]" in a clone), then restart the kernel'
         )
     command = [sys.executable, "-m", "pip", "install", "--quiet", *missing]
-    if subprocess.run(command, capture_output=True).returncode:
-        raise ModuleNotFoundError(f"could not install {', '.join(missing)}: is the internet on?")
+    pip = subprocess.run(command, capture_output=True, text=True)
+    importlib.invalidate_caches()  # so that the new packages are found by this kernel
+    if pip.returncode:
+        tail = "\n".join((pip.stdout + pip.stderr).strip().splitlines()[-10:])
+        raise ModuleNotFoundError(
+            f"could not install {', '.join(missing)} (pip's last lines:\n{tail}\n): is the "
+            "notebook's internet on?"
+        )
 
 
 # --- running the series -------------------------------------------------------------------

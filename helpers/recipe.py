@@ -28,6 +28,35 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+BF16_MIN_CAPABILITY = (8, 0)
+"""The first CUDA compute capability with bfloat16 hardware (Ampere). Below it PyTorch only
+emulates bfloat16: its cuDNN convolutions require capability 8.0
+(``supportsBFloat16ConvolutionWithCuDNNv8`` in ``aten/src/ATen/cuda/detail/CUDAHooks.cpp``,
+checked by ``ConvParams::use_cudnn`` in ``aten/src/ATen/native/Convolution.cpp``), so a
+bfloat16 convolution on a T4 falls back to slower kernels."""
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype training autocasts to on ``device``: None (float32) off CUDA.
+
+    bfloat16 where the GPU has it in hardware (compute capability 8.0 and up: A100, L4,
+    H100, RTX 30xx and later), float16 with a ``GradScaler`` below that (a T4 is 7.5).
+    ``torch.cuda.is_bf16_supported()`` cannot decide this:
+    with its default ``including_emulation=True`` it answers True on a T4, which can only
+    hold bfloat16 tensors, not compute fast with them (``torch/cuda/__init__.py``; pytorch
+    PR 148322 describes the case). ROCm builds report bfloat16 as supported on every AMD GPU
+    (the same function), so they get it too.
+    """
+    if device.type != "cuda":
+        return None
+    if torch.version.hip:
+        return torch.bfloat16
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) >= BF16_MIN_CAPABILITY:
+        return torch.bfloat16
+    return torch.float16
+
+
 def seed_everything(seed: int) -> None:
     """One seed for Python, NumPy and torch (initialisation and dropout)."""
     random.seed(seed)

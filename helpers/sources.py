@@ -2,9 +2,9 @@
 
 :func:`find_dataset` tries, in order, the folder it is given, ``PNEUMONIA_DATA_DIR``,
 ``data/chest_xray`` in the project, a dataset attached to a Kaggle notebook, and a
-``kagglehub`` download (with the Kaggle credentials of a Colab notebook's secrets); when all
-fail it generates the synthetic demo dataset and says so loudly. A refused download stops
-with what to do, never with a silent fallback.
+``kagglehub`` download (public: no credentials needed); when all fail it generates the
+synthetic demo dataset and says so loudly. A refused download stops with what to do, never
+with a silent fallback.
 """
 
 from __future__ import annotations
@@ -59,28 +59,103 @@ def network_answers(host: str = "www.kaggle.com", port: int = 443, timeout: floa
     return answered.is_set()
 
 
+def kaggle_input_roots(base: Path | None = None) -> list[Path]:
+    """Where an attached dataset's files start under Kaggle's input folder, best first.
+
+    Kaggle mounts an attached dataset at ``/kaggle/input/<mountSlug>``, the slug chosen by
+    Kaggle's server (kagglehub's ``kaggle_cache_resolver.py``). Two shapes are in use:
+    ``/kaggle/input/<slug>`` and, in notebooks from 2026 on, ``/kaggle/input/datasets/
+    <owner>/<slug>`` (this dataset then sits at ``.../datasets/paultimothymooney/
+    chest-xray-pneumonia``, as Kaggle users' own code shows; Kaggle documents neither). A
+    ``versions/<n>`` level, the layout of kagglehub's download cache (``kagglehub/cache.py``),
+    is searched too, newest version first. This project's dataset comes before any other.
+    """
+    base = KAGGLE_INPUT if base is None else Path(base)
+    if not base.is_dir():
+        return []
+    slugs: list[Path] = []
+    for entry in sorted(base.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name in ("datasets", "notebooks"):  # <kind>/<owner>/<slug>
+            slugs += [s for owner in _subfolders(entry) for s in _subfolders(owner)]
+        else:
+            slugs.append(entry)
+    wanted = KAGGLE_DATASET.rsplit("/", 1)[-1]
+    slugs.sort(key=lambda folder: folder.name != wanted)  # stable: this dataset first
+    roots: list[Path] = []
+    for slug in slugs:
+        versions = [v for v in _subfolders(slug / "versions") if v.name.isdigit()]
+        roots += sorted(versions, key=lambda v: int(v.name), reverse=True) or [slug]
+    return roots
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
 def _kaggle_input_dataset() -> Path | None:
-    """The dataset attached to a Kaggle notebook (``/kaggle/input/<name>/chest_xray``), if any."""
-    if not KAGGLE_INPUT.is_dir():
-        return None
-    for candidate in sorted(KAGGLE_INPUT.iterdir()):
+    """The chest X-ray dataset attached to a Kaggle notebook, if any (never a demo dataset
+    that an attached notebook output happens to contain)."""
+    for candidate in kaggle_input_roots():
         try:
             resolve_layout(candidate)
-            return candidate
         except DatasetError:
             continue
+        if not is_demo_folder(candidate):
+            return candidate
     return None
+
+
+CREDENTIAL_HELP = (
+    "This dataset is public: kagglehub downloads it without any credentials. A refusal means "
+    "the credentials kagglehub found were rejected: fix or remove them. kagglehub 0.4.1 and "
+    "later take the API token made with 'Generate New Token' on kaggle.com/settings/api as "
+    "KAGGLE_API_TOKEN (an environment variable, or a Colab secret of that name), or "
+    "kagglehub.login(); the older username/key pair comes from 'Create Legacy API Key' "
+    "(kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY). A new token in KAGGLE_KEY is sent as "
+    "a legacy key. On Kaggle, attach the dataset with Add Input instead; anywhere, the zip "
+    "can be downloaded by hand (data/README.md)."
+)
+
+
+def credentials_sent() -> str:
+    """Which credential form kagglehub sends, in words, asked of kagglehub itself
+    (``kagglehub.config.get_kaggle_credentials``: an API token goes as a bearer token, a
+    username/key pair as HTTP Basic auth, per ``kagglesdk/kaggle_http_client.py``)."""
+    try:
+        from kagglehub.config import get_kaggle_credentials
+
+        credentials = get_kaggle_credentials()
+    except Exception as err:  # an unreadable kaggle.json raises; an old kagglehub may differ
+        return f"unknown (kagglehub could not read its credentials: {err})"
+    if credentials is None:
+        return "none (an anonymous request)"
+    if getattr(credentials, "api_key", None):
+        return (
+            "an API token (from KAGGLE_API_TOKEN, ~/.kaggle/access_token, kagglehub.login() "
+            "or the Colab secret KAGGLE_API_TOKEN)"
+        )
+    return (
+        "a legacy username/key pair (from KAGGLE_USERNAME/KAGGLE_KEY, ~/.kaggle/kaggle.json "
+        "or the Colab secrets of those names), sent as HTTP Basic auth"
+    )
 
 
 def download_with_kagglehub() -> Path:
     """Download the dataset with ``kagglehub`` (cached by kagglehub after the first time).
 
-    Needs Kaggle credentials: ``kagglehub.login()``, ``~/.kaggle/kaggle.json`` or the
-    ``KAGGLE_USERNAME``/``KAGGLE_KEY`` variables (Colab: add them as secrets).
+    The dataset is public, so no credentials are needed; kagglehub still sends any it finds
+    (its own order: a token in ``KAGGLE_API_TOKEN`` or ``~/.kaggle/access_token``, the
+    ``KAGGLE_USERNAME``/``KAGGLE_KEY`` pair, ``~/.kaggle/kaggle.json``, then on Colab the
+    secrets of those names: ``kagglehub/config.py``). It reads Colab secrets itself, so
+    nothing here copies them into the environment, where they would outrank a correct token.
+    In a Kaggle notebook kagglehub attaches the dataset under ``/kaggle/input`` instead.
     """
     import kagglehub  # optional dependency: pip install kagglehub
 
-    _credentials_from_colab_secrets()
     try:
         return Path(kagglehub.dataset_download(KAGGLE_DATASET))
     except Exception as err:  # kagglehub raises several types; turn them into one message
@@ -88,41 +163,11 @@ def download_with_kagglehub() -> Path:
         if "401" in text or "403" in text or "Unauthorized" in text or "Forbidden" in text:
             raise DatasetError(
                 f"Kaggle refused the download of {KAGGLE_DATASET} ({text.strip()[:200]}). "
-                "On Colab: add KAGGLE_USERNAME and KAGGLE_KEY (from kaggle.com > Settings > "
-                "Create New Token) in the Secrets panel (key icon) and give this notebook "
-                "access; on Kaggle: attach the dataset with Add Input instead; elsewhere: "
-                "set those two variables, run kagglehub.login(), or download the zip by hand "
-                "(data/README.md). A 403 also means: open the dataset page once and accept "
-                "its terms."
+                f"Credentials kagglehub sent: {credentials_sent()}. {CREDENTIAL_HELP}"
             ) from err
         raise DatasetError(
             f"kagglehub could not download {KAGGLE_DATASET}: {text.strip()[:300]}"
         ) from err
-
-
-def _credentials_from_colab_secrets() -> None:
-    """On Colab, copy the ``KAGGLE_USERNAME``/``KAGGLE_KEY`` secrets into the environment.
-
-    Colab keeps secrets (the key icon in the left panel) out of ``os.environ``; kagglehub reads
-    the environment. Variables already set win; a missing or unshared secret is skipped (then
-    kagglehub tries ``~/.kaggle/kaggle.json`` and a refusal says what to do).
-    """
-    try:
-        from google.colab import userdata  # only exists on Colab
-    except ImportError:
-        return
-    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
-        if os.environ.get(name):
-            continue
-        try:
-            value = userdata.get(name)
-        except Exception:  # SecretNotFoundError, NotebookAccessError: not given to this notebook
-            print(
-                f"Colab secret {name} not available: add it in the key panel (or kagglehub.login())"
-            )
-            continue
-        if value:
-            os.environ[name] = value
 
 
 def find_dataset(
@@ -132,7 +177,7 @@ def find_dataset(
 
     1. ``path`` (argument), then ``PNEUMONIA_DATA_DIR``: must exist, else an error.
     2. ``data/chest_xray`` in the project.
-    3. A Kaggle notebook's attached input (``/kaggle/input/...``).
+    3. A Kaggle notebook's attached input (:func:`kaggle_input_roots`).
     4. ``kagglehub`` download, when it is installed and kaggle.com answers (checked with a
        3-second connection attempt, so offline machines never hang).
     5. Otherwise the synthetic demo dataset, generated once under ``outputs/demo-data``, with

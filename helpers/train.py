@@ -35,6 +35,7 @@ from helpers.loader import BatchLoader, PreparedData, prepare_data
 from helpers.model import PneumoniaNet, build_model
 from helpers.recipe import (
     EarlyStopping,
+    autocast_dtype,
     make_ema,
     make_optimizer,
     pick_device,
@@ -86,8 +87,9 @@ def run_epoch(
     Training: ``model.train()``, then per batch forward, loss, ``zero_grad``, backward, clip
     (``grad_clip=None``: no clipping), step, then ``after_step()`` (the engine updates its
     weight average there). Evaluation: ``model.eval()`` under ``torch.no_grad()``. On CUDA
-    the forward pass runs in mixed precision (bfloat16 where supported, else float16 with
-    the ``scaler``). Accuracy and F1 are over all predictions.
+    the forward pass runs in mixed precision (:func:`helpers.recipe.autocast_dtype`:
+    bfloat16 from compute capability 8.0, float16 with the ``scaler`` below it). Accuracy and
+    F1 are over all predictions.
 
     The loss is the criterion's over the whole pass: a class-weighted cross-entropy averages
     each batch over the sum of its images' class weights, so each batch's loss is weighted by
@@ -97,8 +99,8 @@ def run_epoch(
     """
     training = optimizer is not None
     model.train(training)
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = autocast_dtype(device) is not None
+    amp_dtype = autocast_dtype(device) or torch.float16  # bfloat16 from capability 8.0
     # bfloat16 has float32's exponent range, so only float16 needs its loss scaled
     scaling = use_amp and amp_dtype == torch.float16 and scaler is not None and scaler.is_enabled()
     total_loss, total_weight = 0.0, 0.0

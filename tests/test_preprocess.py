@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -573,6 +574,7 @@ def test_cache_is_keyed_by_intensity(tmp_path, demo_root):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="no SIGKILL (Windows)")
 def test_a_build_killed_part_way_leaves_nothing_behind(tmp_path):
     """kill -9 a cache build in another process, then build again: the dead build's
     temporary array is removed and the cache is complete."""
@@ -611,15 +613,55 @@ def test_a_build_killed_part_way_leaves_nothing_behind(tmp_path):
     assert cache.ok.all() and len(cache) == 40
 
 
-def test_a_running_build_keeps_its_temporary_file(tmp_path):
-    from helpers.cache import remove_interrupted_builds
+def _temp_file(folder, host, pid, age_s=0.0):
+    """A temporary cache array as a build names it, ``age_s`` seconds old."""
+    path = folder / f"gray32-4-abc.npy.tmp-{host}-{pid}"
+    path.write_bytes(b"partial")
+    stamp = time.time() - age_s
+    os.utime(path, (stamp, stamp))
+    return path
 
-    mine = tmp_path / f"gray32-4-abc.npy.tmp-{os.getpid()}"  # this process is alive
-    mine.write_bytes(b"in progress")
-    dead = tmp_path / "gray32-4-abc.npy.tmp-999999999"  # no such process
-    dead.write_bytes(b"left by a kill")
+
+def test_a_running_build_keeps_its_temporary_file(tmp_path):
+    from helpers.cache import host_tag, remove_interrupted_builds, temp_name
+
+    assert temp_name(tmp_path / "x.npy").name == f"x.npy.tmp-{host_tag()}-{os.getpid()}"
+    mine = _temp_file(tmp_path, host_tag(), os.getpid())  # this process is alive
+    dead = _temp_file(tmp_path, host_tag(), 999999999)  # no such process on this machine
     assert remove_interrupted_builds(tmp_path) == [dead]
     assert mine.is_file() and not dead.exists()
+
+
+def test_another_machines_temporary_file_is_judged_by_its_age(tmp_path):
+    """On a folder shared between machines (one Google Drive, two Colab sessions), a process
+    id says nothing about another host's build: its file goes only once it is stale. The same
+    for files without a host in their name (written before names carried one)."""
+    from helpers.cache import STALE_TEMP_SECONDS, host_tag, remove_interrupted_builds
+
+    other = "another_colab_vm"
+    assert other != host_tag()
+    running_elsewhere = _temp_file(tmp_path, other, 999999999)  # not alive *here*
+    abandoned_elsewhere = _temp_file(tmp_path, other, 12345, age_s=STALE_TEMP_SECONDS + 60)
+    legacy = tmp_path / "gray32-4-old.npy.tmp-999999999"
+    legacy.write_bytes(b"partial")
+    assert remove_interrupted_builds(tmp_path) == [abandoned_elsewhere]
+    assert running_elsewhere.is_file() and legacy.is_file()
+
+
+def test_where_processes_cannot_be_checked_temporary_files_are_judged_by_age(tmp_path, monkeypatch):
+    """On Windows ``os.kill(pid, 0)`` would send CTRL_C_EVENT, so no process is probed:
+    even this host's files are removed only when stale."""
+    from helpers import cache as cache_module
+
+    def no_probe(pid):
+        raise AssertionError("os.kill must not be used as a probe here")
+
+    monkeypatch.setattr(cache_module, "_can_check_processes", lambda: False)
+    monkeypatch.setattr(cache_module, "_process_alive", no_probe)
+    fresh = _temp_file(tmp_path, cache_module.host_tag(), 999999999)
+    old = _temp_file(tmp_path, cache_module.host_tag(), 999999998, age_s=7 * 3600)
+    assert cache_module.remove_interrupted_builds(tmp_path) == [old]
+    assert fresh.is_file()
 
 
 def test_fetch_image_downloads_a_url_and_checks_a_path(tmp_path, monkeypatch):

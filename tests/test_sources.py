@@ -76,20 +76,3 @@ def test_network_check_gives_up_after_its_timeout(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", slow_connection)
     assert not sources.network_answers("example.org", 443, timeout=0.1)
     assert sources.network_answers("example.org", 443, timeout=3.0)
-
-
-def test_colab_secrets_become_kaggle_credentials(monkeypatch):
-    import sys
-    import types
-
-    secrets = {"KAGGLE_USERNAME": "ada", "KAGGLE_KEY": "s3cret"}
-    userdata = types.SimpleNamespace(get=lambda name: secrets[name])
-    colab = types.ModuleType("google.colab")
-    colab.userdata = userdata
-    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    monkeypatch.setenv("KAGGLE_KEY", "already-set")
-    sources._credentials_from_colab_secrets()
-    assert os.environ["KAGGLE_USERNAME"] == "ada"
-    assert os.environ["KAGGLE_KEY"] == "already-set"  # an existing variable wins

@@ -287,22 +287,3 @@ def test_cli_quick_train(outputs, demo_root, tmp_path):
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert bad.returncode == 2 and "no such folder" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def test_resume_uses_the_thread_count_the_run_started_with(monkeypatch, capsys):
-    """CPU results depend on the thread count in the last digits, so a resumed run goes on
-    with the count it started with, unless OMP_NUM_THREADS says otherwise."""
-    from helpers import train as train_module
-
-    before = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    try:
-        torch.set_num_threads(1)
-        train_module._same_threads_as_before(2)
-        assert torch.get_num_threads() == 2 and "2 CPU threads" in capsys.readouterr().out
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        train_module._same_threads_as_before(2)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
