@@ -9,6 +9,8 @@ notebook 04's run through the outputs folder, and ``run_notebooks`` itself.
 from __future__ import annotations
 
 import ast
+import glob
+import importlib
 import importlib.metadata
 import json
 import os
@@ -28,7 +30,9 @@ import pytest
 import torch
 from pandas.testing import assert_frame_equal
 
+import helpers.cpu
 from helpers import notebooks as notebooks_module
+from helpers import platforms
 from helpers.cli import main
 from helpers.config import CLASSES, Config
 from helpers.data import class_weights
@@ -42,7 +46,7 @@ from helpers.train import train as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-MAX_SETUP_LINES = 8
+MAX_SETUP_LINES = 13
 
 
 def pyproject() -> dict:
@@ -93,9 +97,10 @@ def test_title_what_you_will_learn_and_badges(name):
     assert first.cell_type == "markdown" and first.source.startswith("# ")
     assert "**What you will learn**" in first.source
     github = pyproject()["urls"]["Repository"].removeprefix("https://github.com/").rstrip("/")
+    tag = f"v{pyproject()['version']}"  # the release the setup cell installs (RELEASING.md)
     links = re.findall(r"\]\((https://[^)\s]+)\)", first.source)
-    assert f"https://colab.research.google.com/github/{github}/blob/main/notebooks/{name}" in links
-    kaggle = f"https://kaggle.com/kernels/welcome?src=https://github.com/{github}/blob/main/notebooks/{name}"
+    assert f"https://colab.research.google.com/github/{github}/blob/{tag}/notebooks/{name}" in links
+    kaggle = f"https://kaggle.com/kernels/welcome?src=https://github.com/{github}/blob/{tag}/notebooks/{name}"
     assert kaggle in links
 
 
@@ -174,40 +179,139 @@ def test_every_figure_is_saved_under_the_notebook_number(name):
 # --- the setup cell, executed --------------------------------------------------------------
 
 
-def _run_setup(monkeypatch, *, installed: bool, pip_fails: bool = False) -> list:
-    """Execute the setup cell as on Kaggle; return the commands it ran."""
+class _Shell:
+    """Stands for an IPython shell; ``module`` decides what ``str()`` of it names."""
+
+    def __init__(self, module: str) -> None:
+        self.text = f"<{module}.Shell object>"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+LOCAL_JUPYTER, COLAB_KERNEL = _Shell("ipykernel.zmqshell"), _Shell("google.colab._shell")
+
+
+def _run_setup(
+    monkeypatch,
+    *,
+    installed: bool,
+    pip_fails: bool = False,
+    shell=LOCAL_JUPYTER,
+    kaggle: bool = True,
+    wheels: tuple[str, ...] = (),
+) -> dict:
+    """Execute the setup cell (on Kaggle unless ``kaggle=False``); return what it did: the
+    commands it ran, whether it refreshed the import caches and called the thread policy."""
     source = stored()[NOTEBOOKS[0]].cells[1].source
-    calls: list = []
+    did: dict = {"commands": [], "invalidated": 0, "policy": 0, "globbed": []}
     real = importlib.metadata.distributions
 
     def distributions():
         return [d for d in real() if installed or d.name != "pneumonia-tutorial"]
 
     def run(command, **kwargs):
-        calls.append(command)
-        return types.SimpleNamespace(returncode=1 if pip_fails else 0)
+        did["commands"].append(command)
+        errors = "Collecting pneumonia-tutorial\nERROR: Could not find a version that satisfies\n"
+        return types.SimpleNamespace(
+            returncode=1 if pip_fails else 0, stdout="", stderr=errors if pip_fails else ""
+        )
 
-    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    def glob_(pattern, recursive=False):
+        did["globbed"].append(pattern)
+        return list(wheels) if pattern.startswith("/kaggle/input/") else []
+
+    if kaggle:
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    else:
+        monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     monkeypatch.setattr(importlib.metadata, "distributions", distributions)
     monkeypatch.setattr(subprocess, "run", run)
-    exec(compile(source, "setup-cell", "exec"), {})
-    return calls
+    monkeypatch.setattr(glob, "glob", glob_)
+    monkeypatch.setattr(importlib, "invalidate_caches", lambda: did.__setitem__("invalidated", 1))
+    monkeypatch.setattr(helpers.cpu, "use_idle_cores", lambda: did.__setitem__("policy", 1))
+    exec(compile(source, "setup-cell", "exec"), {"get_ipython": lambda: shell})
+    return did
 
 
 def test_setup_cell_does_nothing_when_the_project_is_installed(monkeypatch):
-    assert _run_setup(monkeypatch, installed=True) == []
+    did = _run_setup(monkeypatch, installed=True)
+    assert did["commands"] == [] and did["policy"] == 1  # the thread policy: an explicit call
 
 
 def test_setup_cell_installs_the_pinned_release_on_kaggle(monkeypatch):
-    calls = _run_setup(monkeypatch, installed=False)
-    assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "install"]
-    assert calls[0][-1].endswith(f"@v{pyproject()['version']}")
+    did = _run_setup(monkeypatch, installed=False)
+    (command,) = did["commands"]
+    assert command[1:4] == ["-m", "pip", "install"]
+    assert command[-1].endswith(f"@v{pyproject()['version']}") and "--no-deps" not in command
+    assert did["invalidated"] == 1, "importlib.invalidate_caches() after installing"
 
 
-def test_setup_cell_says_in_one_sentence_what_to_do(monkeypatch):
-    with pytest.raises(SystemExit, match="internet on") as failed:
+def test_setup_cell_installs_an_attached_wheel_offline(monkeypatch):
+    """Kaggle without internet: the project's wheel attached as a dataset is installed,
+    without dependencies (Kaggle's image has them)."""
+    wheel = "/kaggle/input/pneumonia-wheel/pneumonia_tutorial-0.2.0-py3-none-any.whl"
+    did = _run_setup(monkeypatch, installed=False, wheels=(wheel,))
+    (command,) = did["commands"]
+    assert command[-2:] == ["--no-deps", wheel]
+
+
+def test_setup_cell_shows_pip_and_names_the_likely_causes(monkeypatch, capsys):
+    """A failed install prints pip's last lines, then one sentence with the likely causes."""
+    with pytest.raises(SystemExit) as failed:
         _run_setup(monkeypatch, installed=False, pip_fails=True)
-    assert str(failed.value).count(".") == 1  # one sentence, no pip traceback
+    assert "ERROR: Could not find a version that satisfies" in capsys.readouterr().out
+    message = str(failed.value)
+    assert message.endswith(".") and ". " not in message  # one sentence
+    for cause in ("internet", "tag", "3.11", "conflict"):
+        assert cause in message
+
+
+@pytest.mark.parametrize(
+    ("shell", "kaggle", "cloud"),
+    [(LOCAL_JUPYTER, False, False), (COLAB_KERNEL, False, True), (COLAB_KERNEL, True, True)],
+)
+def test_setup_cell_detects_the_platform_as_helpers_does(shell, kaggle, cloud, monkeypatch):
+    """The cell's inline test (it runs before helpers is installed) agrees with
+    ``helpers.platforms``: a laptop's Jupyter installs nothing, Colab and Kaggle do."""
+    did = _run_setup(monkeypatch, installed=False, shell=shell, kaggle=kaggle)
+    assert bool(did["commands"]) is cloud
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert platforms.on_cloud() is cloud
+
+
+def test_the_release_lives_in_pyproject_only():
+    """Every copy of the repository URL and release (setup cells, notebook and README
+    badges) matches pyproject.toml (``python tools/sync_release.py`` rewrites them), and one
+    change there re-points all of them: a fork changes ``[project.urls] Repository``."""
+    sync = _sync_release_tool()
+    assert sync.main(["--check"]) == 0, "run: python tools/sync_release.py"
+    fork, tag = "https://github.com/someone/fork", "v9.9.9"
+    for path in sync.targets():
+        text = path.read_text(encoding="utf-8")
+        moved = sync.rewrite(text, fork, tag)
+        repository = pyproject()["urls"]["Repository"]
+        assert repository not in moved.replace(fork, ""), path
+        if path.suffix == ".ipynb":
+            assert f"git+{fork}@{tag}" in moved and f"{fork}/blob/{tag}/notebooks/" in moved
+
+
+def _sync_release_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sync_release", ROOT / "tools" / "sync_release.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["04_training.ipynb", "05_evaluation.ipynb"])
+def test_training_notebooks_ask_colab_for_a_gpu(name):
+    """Colab's notebook metadata for a GPU runtime (as in colabtools' own notebooks)."""
+    metadata = stored()[name].metadata
+    assert metadata["accelerator"] == "GPU" and metadata["colab"]["gpuType"] == "T4"
 
 
 # --- the code notebooks 03 and 04 write out is the package's ---------------------------------
@@ -539,27 +643,6 @@ def test_trained_run_trains_a_labelled_quick_run_on_a_cpu(demo_root, monkeypatch
     notebooks_module.trained_run(Config(), DatasetLocation(demo_root, "env"))
     assert trained[0].quick and trained[0].image_size == 128
     assert "QUICK recipe" in capsys.readouterr().out
-
-
-def test_keep_outputs_on_colab_and_kaggle(tmp_path, monkeypatch):
-    mounted = []
-    colab = types.ModuleType("google.colab")
-    colab.drive = types.SimpleNamespace(mount=mounted.append)
-    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    real_isdir = os.path.isdir
-    monkeypatch.setattr(os.path, "isdir", lambda p: p == "/content" or real_isdir(p))
-    monkeypatch.setattr(notebooks_module, "DRIVE_FOLDER", str(tmp_path / "drive" / "pt"))
-    assert notebooks_module.keep_outputs() == tmp_path / "drive" / "pt"
-    assert mounted == ["/content/drive"] and os.environ["PNEUMONIA_OUTPUTS"] == str(
-        tmp_path / "drive" / "pt"
-    )
-
-    monkeypatch.setattr(os.path, "isdir", real_isdir)
-    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
-    monkeypatch.setattr(notebooks_module, "KAGGLE_WORKING", str(tmp_path / "working"))
-    assert notebooks_module.keep_outputs() == tmp_path / "working"
-    assert os.environ["PNEUMONIA_OUTPUTS"] == str(tmp_path / "working")
 
 
 def test_ensure_packages_installs_only_on_colab_or_kaggle(monkeypatch):
