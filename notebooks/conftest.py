@@ -17,6 +17,8 @@ be downloaded, so a stand-in is planted where torchvision's cache keeps them
 (``$TORCH_HOME/hub/checkpoints/mobilenet_v3_small-047dcff4.pth``, a temporary ``TORCH_HOME``):
 a state dict with torchvision's keys and shapes and freshly initialised values. The recipe's
 code runs end to end in quick mode; its numbers mean nothing (the weights are not ImageNet's).
+To keep the pass cheap, 04, 05 and 06 share one outputs folder there: 05 and 06 use the run
+04 trained and its image cache.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from nbmake.nb_run import NotebookRun
 from nbmake.pytest_items import NotebookFailedException, NotebookFile, NotebookItem
 
 SHARES_OUTPUTS_WITH = {"06_use_your_model": "05_evaluation"}
+IMAGENET_SHARES_OUTPUTS_WITH = {
+    "05_evaluation": "04_training",
+    "06_use_your_model": "05_evaluation",
+}
+"""The ImageNet pass runs 04, 05 and 06 on one outputs folder, as a reader going on in one
+session: 05 and 06 use the run 04 trained (the first pass covers notebooks opened alone)."""
 IMAGENET_PASS = ("03", "04", "05", "06")
 """Notebooks run a second time with stand-in ImageNet weights (01 and 02 use no model)."""
 IMAGENET_SUFFIX = "[imagenet]"
@@ -126,7 +134,8 @@ def pytest_runtest_setup(item) -> None:
     suffix = IMAGENET_SUFFIX if imagenet else ""
     name = Path(item.filename).stem + suffix
     settings = {"PNEUMONIA_QUICK": os.environ.get("PNEUMONIA_QUICK") or "1"}
-    shared = SHARES_OUTPUTS_WITH.get(Path(item.filename).stem)
+    shares = IMAGENET_SHARES_OUTPUTS_WITH if imagenet else SHARES_OUTPUTS_WITH
+    shared = shares.get(Path(item.filename).stem)
     outputs = _folders.get(shared + suffix) if shared else None
     settings["PNEUMONIA_OUTPUTS"] = outputs or tempfile.mkdtemp(prefix=f"{name}-outputs-")
     _folders[name] = settings["PNEUMONIA_OUTPUTS"]
