@@ -554,6 +554,20 @@ def test_notebook_05_youden_threshold_is_the_packages(seed, decimals):
     assert namespace["t_choose"] == youden_threshold(choose["target"], choose["p_pneumonia"])
 
 
+def test_notebook_05_youden_threshold_when_no_threshold_helps():
+    """With scores that separate nothing (a failed run, or stand-in weights), Youden's J
+    peaks at ``roc_curve``'s infinite first threshold; the notebook then calls every image
+    NORMAL with a finite threshold, as the package does."""
+    from helpers.data import test_halves
+    from helpers.metrics import youden_threshold
+
+    predictions = _scored_test_split(0).assign(p_pneumonia=0.5)
+    namespace = _notebook_05("t_choose = thresholds[", predictions=predictions)
+    choose = test_halves(predictions)["choose"]
+    assert np.isfinite(namespace["t_choose"]) and namespace["t_choose"] > 0.5
+    assert namespace["t_choose"] == youden_threshold(choose["target"], choose["p_pneumonia"])
+
+
 def test_notebook_05_section_9_sees_the_choose_half_with_patient_grouped_folds(
     demo_root, session_outputs, monkeypatch
 ):
