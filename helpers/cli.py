@@ -143,9 +143,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     stderr (exit 0), or with ``--strict`` is refused, without a probability (exit 1).
     ``--crop-border`` crops a uniform frame (a light box, a monitor) before the model and the
     check see the picture; ``--save-input DIR`` writes what the model sees to
-    ``DIR/<name>-input.png``. ``--gradcam DIR`` also writes each image with its Grad-CAM heatmap,
-    at the image's own resolution, to ``DIR/<stem>-<hash of the full path>-gradcam.png`` (unique
-    per file).
+    ``DIR/<stem>-<hash of the full path>-input.png``. ``--gradcam DIR`` also writes each image
+    with its Grad-CAM heatmap, at the image's own resolution (cropped as the model saw it), to
+    ``DIR/<stem>-<hash of the full path>-gradcam.png``. The names are unique per file
+    (:func:`helpers.files.per_image_name`).
     """
     from helpers.evaluate import predict_images
     from helpers.inputcheck import STATS_FILE, check_image, read_input_stats
@@ -195,22 +196,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.gradcam is not None:
         from helpers.explain import save_gradcam_overlays
 
-        for path in save_gradcam_overlays(model, shown, config, args.gradcam):
+        for path in save_gradcam_overlays(model, shown, config, args.gradcam, args.crop_border):
             print(f"Grad-CAM: {path}")
     return 1 if failed or (args.strict and flagged) else 0
 
 
 def _save_model_inputs(paths: list[Path], config: Any, crop: bool, folder: Path) -> list[Path]:
-    """Write the grey picture the model sees for each file to ``folder/<name>-input.png``."""
+    """Write the grey picture the model sees for each file to ``folder/``
+    :func:`helpers.files.per_image_name` (``<stem>-<hash>-input.png``: unique per file)."""
     from PIL import Image
 
-    from helpers.files import atomic_path
+    from helpers.files import atomic_path, per_image_name
     from helpers.inputcheck import model_input
 
     written = []
     for path in paths:
         array, _ = model_input(path, config.image_size, config.intensity, crop)
-        target = folder / f"{path.stem}-input.png"
+        target = folder / per_image_name(path, "input")
         with atomic_path(target) as tmp:
             Image.fromarray(array).save(tmp, format="PNG")
         written.append(target)

@@ -14,7 +14,6 @@ layer is the last convolutional block, ``model.features[-1]``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.config import Config
+from helpers.files import per_image_name
 
 
 class GradCAM:
@@ -162,47 +162,53 @@ def upsample_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def gradcam_file_name(path: str | Path) -> str:
-    """``<stem>-<hash>-gradcam.png`` for the image at ``path``.
-
-    The hash (8 hex digits of the SHA-1 of the full, resolved path) keeps apart images that
-    share a name in different folders (``NORMAL/x.jpeg`` and ``PNEUMONIA/x.jpeg``) or differ
-    only in their suffix, which a name made of the stem alone would overwrite with each other.
-    """
-    digest = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:8]
-    return f"{Path(path).stem}-{digest}-gradcam.png"
+    """``<stem>-<hash>-gradcam.png`` for the image at ``path``
+    (:func:`helpers.files.per_image_name`: unique per file, even for images that share a name
+    in different folders)."""
+    return per_image_name(path, "gradcam")
 
 
 def gradcam_on_originals(
-    model: nn.Module, paths: list[str | Path], image_size: int, intensity: str = "none"
+    model: nn.Module,
+    paths: list[str | Path],
+    image_size: int,
+    intensity: str = "none",
+    crop_border: bool = False,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Grad-CAM of each image file, drawn at the image's own resolution.
 
     Each file is read as the run reads it (``image_size``, ``intensity``) and explained at
     ``model.features[-1]``; the heatmap is then stretched onto the original picture, upright and
-    grey (:func:`upsample_heatmap`). Returns ``(pictures, heatmaps)``: per file, the picture as
-    float32 ``(H, W)`` in [0, 1] and a heatmap of the same shape, ready for
+    grey (:func:`upsample_heatmap`). With ``crop_border`` a uniform frame is cropped first
+    (:func:`helpers.inputcheck.model_input`), and the heatmap is drawn on the cropped picture:
+    the one the model saw. Returns ``(pictures, heatmaps)``: per file, the picture as float32
+    ``(H, W)`` in [0, 1] and a heatmap of the same shape, ready for
     :func:`helpers.plots.plot_gradcam_grid` or :func:`overlay`. Notebook 05 writes these steps
     out; notebook 06 and ``predict --gradcam`` call this function.
     """
     from helpers.augment import normalize_batch
-    from helpers.images import load_gray
+    from helpers.inputcheck import model_input, picture_seen
 
     if not paths:
         return [], []
-    seen = np.stack([load_gray(path, image_size, intensity=intensity) for path in paths])
+    seen = np.stack([model_input(path, image_size, intensity, crop_border)[0] for path in paths])
     heatmaps = GradCAM(model, model.features[-1])(normalize_batch(torch.from_numpy(seen)[:, None]))
-    pictures = [load_gray(path, None).astype(np.float32) / 255 for path in paths]
+    pictures = [picture_seen(path, crop_border).astype(np.float32) / 255 for path in paths]
     stretched = [upsample_heatmap(h, p.shape) for h, p in zip(heatmaps, pictures, strict=True)]
     return pictures, stretched
 
 
 def save_gradcam_overlays(
-    model: nn.Module, paths: list[Path], config: Config, folder: str | Path
+    model: nn.Module,
+    paths: list[Path],
+    config: Config,
+    folder: str | Path,
+    crop_border: bool = False,
 ) -> list[Path]:
     """Each image blended with its Grad-CAM heatmap (:func:`gradcam_on_originals`: the run's
     image size and intensity normalisation for the model, the original picture at its own
-    resolution for the overlay), written to ``folder/`` :func:`gradcam_file_name`. Returns the
-    files written, one per path."""
+    resolution for the overlay, cropped to the film with ``crop_border``), written to
+    ``folder/`` :func:`gradcam_file_name`. Returns the files written, one per path."""
     from PIL import Image
 
     from helpers.files import atomic_path
@@ -210,7 +216,7 @@ def save_gradcam_overlays(
     written = []
     for path in paths:  # one at a time: originals can have millions of pixels
         (picture,), (heatmap,) = gradcam_on_originals(
-            model, [path], config.image_size, config.intensity
+            model, [path], config.image_size, config.intensity, crop_border
         )
         rgb = overlay(picture, heatmap)
         out = Path(folder) / gradcam_file_name(path)

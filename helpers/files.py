@@ -4,10 +4,14 @@ Every file the project writes (checkpoints, history, JSON, figures, notebooks, e
 to a temporary name in the destination folder and is renamed over the final name only once
 complete; a rename within one folder is atomic, so the old file or the new one is there,
 never a mix. A kill leaves at most a hidden ``.NAME.*.tmp`` file, which readers ignore.
+
+Files written once per input image (Grad-CAM overlays, the picture the model saw) are named
+by :func:`per_image_name`, so that two images never write to one file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -54,3 +58,15 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def per_image_name(path: str | Path, kind: str, suffix: str = ".png") -> str:
+    """``<stem>-<hash>-<kind><suffix>``: the name of a file written for the image at ``path``.
+
+    The hash (8 hex digits of the SHA-1 of the full, resolved path) keeps apart images that
+    share a name in different folders (``NORMAL/x.jpeg`` and ``PNEUMONIA/x.jpeg``) or differ
+    only in their suffix, which a name made of the stem alone would overwrite with each other.
+    ``kind`` says what the file holds (``gradcam``, ``input``).
+    """
+    digest = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}-{kind}{suffix}"

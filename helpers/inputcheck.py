@@ -591,6 +591,20 @@ def model_input(
     return normalize_intensity(gray_resize(cropped, image_size), intensity), box
 
 
+def picture_seen(path: str | Path, crop_border: bool = False) -> np.ndarray:
+    """The grey ``uint8 (height, width)`` picture at its own resolution, upright, cropped to
+    the film when ``crop_border`` finds a frame: the picture :func:`model_input` squashes for
+    the model, on which ``predict --gradcam`` draws its overlay. Without ``crop_border`` it is
+    :func:`helpers.images.load_gray` at the picture's own size. Raises :class:`ImageError`."""
+    from helpers.images import load_gray
+
+    if not crop_border:
+        return load_gray(path, None)
+    image, _ = read_image(path, full=True)
+    cropped, _ = crop_uniform_border(image)
+    return gray_resize(cropped, None)
+
+
 DEFAULT_STATS: dict[str, Any] = {
     "format": STATS_FORMAT,
     "check_size": CHECK_SIZE,

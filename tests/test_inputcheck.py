@@ -10,17 +10,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from helpers import cli
 from helpers.demo import draw_xray
 from helpers.evaluate import predict_images
+from helpers.files import per_image_name
 from helpers.inputcheck import (
     DEFAULT_STATS,
     STATS_FILE,
     check_image,
     crop_box,
     model_input,
+    picture_seen,
     read_input_stats,
     size_stats,
     training_stats,
@@ -323,13 +326,79 @@ def test_predict_crop_border_and_save_input_show_what_the_model_sees(
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "FLAGGED: border:" in out
-    framed = np.asarray(Image.open(seen / "lightbox-input.png"))
+    framed = np.asarray(Image.open(seen / per_image_name(photo, "input")))
     assert framed[:3].mean() == pytest.approx(215, abs=3)  # the light box's grey, top rows
 
     assert cli.main([*argv, "--crop-border"]) == 0
     out = capsys.readouterr().out
     assert "FLAGGED" not in out and "frame cropped" in out
-    cropped = np.asarray(Image.open(seen / "lightbox-input.png"))
+    cropped = np.asarray(Image.open(seen / per_image_name(photo, "input")))
     expected, box = model_input(photo, framed.shape[0], crop_border=True)
     assert box is not None and np.array_equal(cropped, expected)
     assert abs(float(cropped[:3].mean()) - 215) > 30  # the frame is gone
+
+
+@pytest.mark.slow
+def test_save_input_keeps_apart_images_with_one_name_in_two_folders(
+    run_copy, demo_root, tmp_path, capsys
+):
+    """Two photos named ``photo.jpeg`` in two folders: two input files, each the picture the
+    model saw for its own photo (a name from the stem alone wrote both to one file)."""
+    first, second = _demo_tests(demo_root, 2)
+    photos = []
+    for folder, source in (("a", first), ("b", second)):
+        (tmp_path / folder).mkdir()
+        photos.append(tmp_path / folder / "photo.jpeg")
+        Image.open(source).convert("RGB").save(photos[-1], quality=92)
+    seen = tmp_path / "seen"
+    argv = ["predict", "--run", str(run_copy), "--device", "cpu", *map(str, photos)]
+    assert cli.main([*argv, "--save-input", str(seen)]) == 0
+    printed = [
+        Path(line.split("model input: ", 1)[1])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("model input: ")
+    ]
+    assert sorted(seen.iterdir()) == sorted(printed) and len(printed) == 2
+    size = int(json.loads((run_copy / "config.json").read_text())["config"]["image_size"])
+    for photo, written in zip(photos, printed, strict=True):
+        assert written.name == per_image_name(photo, "input")
+        assert written.name.startswith("photo-") and written.name.endswith("-input.png")
+        assert np.array_equal(np.asarray(Image.open(written)), model_input(photo, size)[0])
+    assert not np.array_equal(*(np.asarray(Image.open(path)) for path in printed))
+
+
+@pytest.mark.slow
+def test_predict_gradcam_with_crop_border_draws_on_the_picture_the_model_saw(
+    run_copy, demo_root, tmp_path, capsys
+):
+    """With ``--crop-border`` the overlay is the cropped film, at its own resolution, with the
+    heatmap of the cropped input; without it, the whole photo with the frame."""
+    from helpers.augment import normalize_batch
+    from helpers.explain import GradCAM, gradcam_file_name, overlay, upsample_heatmap
+
+    model, config, _ = load_model_from_run(run_copy, device="cpu")
+    photo = tmp_path / "lightbox.jpeg"
+    light_box_photo(Image.open(_demo_tests(demo_root, 1)[0]), scale=2).save(photo, quality=92)
+    argv = ["predict", "--run", str(run_copy), "--device", "cpu", str(photo)]
+
+    assert cli.main([*argv, "--gradcam", str(tmp_path / "whole")]) == 0
+    with Image.open(tmp_path / "whole" / gradcam_file_name(photo)) as drawn:
+        assert drawn.size == Image.open(photo).size  # the photo, frame and all
+    assert cli.main([*argv, "--crop-border", "--gradcam", str(tmp_path / "cropped")]) == 0
+    capsys.readouterr()
+    left, top, right, bottom = crop_box(Image.open(photo))
+    drawn = np.asarray(Image.open(tmp_path / "cropped" / gradcam_file_name(photo)), np.float64)
+    assert drawn.shape == (bottom - top, right - left, 3)  # the film only
+
+    # drawn from the cropped input's heatmap, recomputed here with GradCAM itself
+    def heat(crop: bool) -> np.ndarray:
+        seen, _ = model_input(photo, config.image_size, config.intensity, crop_border=crop)
+        cam = GradCAM(model, model.features[-1])(
+            normalize_batch(torch.from_numpy(seen)[None, None])
+        )
+        return upsample_heatmap(cam[0], drawn.shape[:2])
+
+    picture = picture_seen(photo, crop_border=True).astype(np.float64) / 255
+    expected, other = (overlay(picture, heat(crop)) * 255 for crop in (True, False))
+    assert np.abs(drawn - expected).max() <= 1
+    assert np.abs(drawn - other).max() > 10  # the uncropped input's heatmap would look different
