@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from helpers.config import IMAGENET_MEAN, IMAGENET_STD
+from helpers.config import AUGMENT_POLICIES, IMAGENET_MEAN, IMAGENET_STD
 from helpers.images import gray_resize
 
 
@@ -226,7 +226,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return apply_augmentation(x, params)
 
 
-AUGMENT_POLICIES = ("article", "robust", "framing")
 # Extra perturbations of the "robust" policy, applied to every image after the article's choice.
 ROBUST_GAMMA = (0.7, 1.5)  # log-uniform exposure curve
 ROBUST_CONTRAST = (0.7, 1.3)  # about the image mean

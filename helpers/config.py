@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers.online import imagenet_weights_reachable
+
 CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 """Class names in label order: 0 = NORMAL, 1 = PNEUMONIA (the positive class)."""
 
@@ -43,11 +45,38 @@ at 89 MP)."""
 TRUE_VALUES = {"1", "true", "yes", "on"}
 
 
+AUGMENT_POLICIES: tuple[str, ...] = ("article", "robust", "framing")
+"""``Config.augment``: the training augmentation policies (:mod:`helpers.augment`)."""
+
+INTENSITY_CHOICES: tuple[str, ...] = ("none", "equalize")
+"""``Config.intensity``: per-image intensity normalisation after resizing (:mod:`helpers.images`)."""
+
+PRETRAINED_CHOICES: tuple[str, ...] = ("imagenet", "none", "auto")
+"""``Config.pretrained``: ImageNet weights, random initialisation, or ImageNet when available."""
+
+MIN_IMAGE_SIZE = 32
+"""The smallest ``Config.image_size``: the network halves its input five times (a stride of
+32), so below 32 pixels its last blocks would see less than one pixel. No larger multiple is
+needed: the network and both export formats take any size (``benchmarks/README.md``)."""
+
+
+class ConfigError(ValueError):
+    """A recipe value out of range or not one of the choices; the message names the field."""
+
+
 SCRATCH_RECIPE: dict[str, Any] = {"augment": "framing"}
 """Where this project's recipe for training *without* ImageNet weights differs from the
 article's: what measured best on the choose half of the official test split, every choice
 listed with its runs in ``docs/results.md``. With ImageNet weights the article's recipe is
 kept as it is (that case could not be measured here)."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -59,7 +88,7 @@ class Config:
     """
 
     # Data
-    image_size: int = 256  # divisible by 32, as MobileNetV3 needs
+    image_size: int = 256  # at least MIN_IMAGE_SIZE
     val_split: float = 0.05  # fraction of pooled train+val carved out, grouped by patient
     seed: int = 42
     subset: int | None = None  # cap on training images (quick mode); None = all
@@ -70,8 +99,8 @@ class Config:
     # "framing" also varies the zoom more, the height against the width and the position,
     # because the official test split's images are framed differently (notebook 05).
     augment: str = "article"
-    # Per-image intensity normalisation after resizing: "none" (the article), "equalize"
-    # (global histogram equalisation) or "clahe" (contrast-limited adaptive equalisation).
+    # Per-image intensity normalisation after resizing: "none" (the article) or "equalize"
+    # (global histogram equalisation).
     intensity: str = "none"
 
     # Model
@@ -106,7 +135,55 @@ class Config:
 
     # Engine
     quick: bool = False
-    num_workers: int = 0  # the cache makes worker processes unnecessary on CPU
+
+    def __post_init__(self) -> None:
+        """Refuse a recipe that cannot run, naming the field and what it may be: a typo in a
+        choice or an impossible range fails here, before any data is scanned or cached."""
+        choices = {
+            "augment": AUGMENT_POLICIES,
+            "intensity": INTENSITY_CHOICES,
+            "pretrained": PRETRAINED_CHOICES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"Config.{name}={getattr(self, name)!r}: must be one of "
+                    + ", ".join(repr(a) for a in allowed)
+                )
+        c = self
+        checks = (
+            ("image_size", _whole(c.image_size) and c.image_size >= MIN_IMAGE_SIZE,
+             f"a whole number >= {MIN_IMAGE_SIZE}"),
+            ("val_split", _number(c.val_split) and 0 < c.val_split < 1, "in (0, 1), e.g. 0.05"),
+            ("seed", _whole(c.seed) and c.seed >= 0, "a whole number >= 0"),
+            ("subset", c.subset is None or (_whole(c.subset) and c.subset >= 1),
+             "None (all images) or a whole number >= 1"),
+            ("dropout", _number(c.dropout) and 0 <= c.dropout < 1, "in [0, 1)"),
+            ("trainable_blocks", _whole(c.trainable_blocks) and 1 <= c.trainable_blocks <= 13,
+             "a whole number from 1 to 13 (the features blocks)"),
+            ("batch_size", _whole(c.batch_size) and c.batch_size >= 1, "a whole number >= 1"),
+            ("eval_batch_size", _whole(c.eval_batch_size) and c.eval_batch_size >= 1,
+             "a whole number >= 1"),
+            ("head_lr", _number(c.head_lr) and c.head_lr > 0, "> 0"),
+            ("backbone_lr", _number(c.backbone_lr) and c.backbone_lr > 0, "> 0"),
+            ("betas", len(c.betas) == 2 and all(_number(b) and 0 <= b < 1 for b in c.betas),
+             "two numbers in [0, 1)"),
+            ("eps", _number(c.eps) and c.eps > 0, "> 0"),
+            ("weight_decay", _number(c.weight_decay) and c.weight_decay >= 0, ">= 0"),
+            ("t_0", _whole(c.t_0) and c.t_0 >= 1, "a whole number >= 1"),
+            ("t_mult", _whole(c.t_mult) and c.t_mult >= 1, "a whole number >= 1"),
+            ("eta_min", _number(c.eta_min) and c.eta_min >= 0, ">= 0"),
+            ("grad_clip", _number(c.grad_clip) and c.grad_clip > 0, "> 0"),
+            ("patience", _whole(c.patience) and c.patience >= 1, "a whole number >= 1"),
+            ("label_smoothing", _number(c.label_smoothing) and 0 <= c.label_smoothing < 1,
+             "in [0, 1)"),
+            ("ema_decay", _number(c.ema_decay) and 0 <= c.ema_decay < 1, "in [0, 1) (0 = off)"),
+            ("epochs", _whole(c.epochs) and c.epochs >= 1, "a whole number >= 1"),
+            ("scratch_lr", _number(c.scratch_lr) and c.scratch_lr > 0, "> 0"),
+        )  # fmt: skip
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"Config.{name}={getattr(self, name)!r}: must be {rule}")
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (unknown names raise ``TypeError``)."""
@@ -120,7 +197,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Rebuild a config saved with :meth:`to_dict`, ignoring keys this version lacks."""
+        """Rebuild a config saved with :meth:`to_dict`, ignoring keys this version lacks (a
+        value this version no longer accepts raises :class:`ConfigError`, naming it)."""
         names = {f.name for f in dataclasses.fields(cls)}
         clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
         return cls(**clean)
@@ -165,16 +243,25 @@ def config_from_env(quick: bool = False, weights: str | None = None, **overrides
     project's from-scratch recipe when not (:meth:`Config.for_weights`); shrunk by
     :meth:`Config.quick_mode` when :func:`is_quick` says so (the notebooks pass their ``QUICK``
     switch); then ``overrides`` applied. ``weights`` (``"imagenet"`` or ``"none"``) skips the
-    check, which asks :func:`helpers.model.imagenet_weights_reachable` (imported only then, so
-    that this module needs no torch)."""
-    if weights is None:
-        from helpers.model import imagenet_weights_reachable
+    check, which asks :func:`helpers.online.imagenet_weights_reachable`.
 
+    For the notebooks: ``python -m helpers`` ignores ``PNEUMONIA_QUICK`` (its ``--quick`` flag
+    is the switch there) and builds its recipe with :func:`recipe_for_weights`."""
+    if weights is None:
         weights = "imagenet" if imagenet_weights_reachable() else "none"
-    config = Config().for_weights(weights)
+    config = recipe_for_weights(weights)
     if is_quick(quick):
         config = config.quick_mode()
     return config.replace(**overrides) if overrides else config
+
+
+def recipe_for_weights(weights: str) -> Config:
+    """The recipe for ``weights``: ``"imagenet"`` or ``"none"``, or ``"auto"`` for the weights
+    this machine can have (:func:`helpers.online.imagenet_weights_reachable`). No environment
+    variable is read."""
+    if weights == "auto":
+        weights = "imagenet" if imagenet_weights_reachable() else "none"
+    return Config().for_weights(weights)
 
 
 def project_root() -> Path:

@@ -23,52 +23,25 @@ random layers would be pointless).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pandas as pd
 import torch
 import torchvision
 from torch import nn
 
-from helpers.config import Config
+from helpers.config import CLASSES, PRETRAINED_CHOICES, Config
+from helpers.online import (  # the weights' file: where it is, whether it can be had
+    imagenet_weights,
+    imagenet_weights_reachable,  # noqa: F401  (imported from here by users, as before)
+    weights_cache_path,
+)
 
-PRETRAINED_CHOICES = ("imagenet", "none", "auto")
-TRAINABLE_BLOCKS = 2  # the article: features[-2:] train, everything before them is frozen
 N_FEATURES = 576  # channels out of the last features block
-N_CLASSES = 2  # NORMAL, PNEUMONIA (helpers.config.CLASSES)
 
 
 class WeightsUnavailableError(RuntimeError):
     """The ImageNet weights are neither in the torch hub cache nor downloadable."""
-
-
-def imagenet_weights() -> torchvision.models.WeightsEnum:
-    """The torchvision weights entry the series uses (ImageNet-1k, top-1 67.7 %)."""
-    return torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
-
-
-def weights_cache_path() -> Path:
-    """Where torchvision keeps (and looks for) the ImageNet weights file.
-
-    ``<torch.hub.get_dir()>/checkpoints/<file name of the URL>``, i.e. by default
-    ``~/.cache/torch/hub/checkpoints/mobilenet_v3_small-047dcff4.pth`` or
-    ``$TORCH_HOME/hub/checkpoints/...`` when ``TORCH_HOME`` is set. Copying the file there
-    by hand is the offline way to get ImageNet weights.
-    """
-    file_name = Path(urlparse(imagenet_weights().url).path).name
-    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
-
-
-def imagenet_weights_reachable(timeout: float = 1.5) -> bool:
-    """True when the ImageNet weights are in torchvision's cache, or their server answers
-    within ``timeout`` seconds (so a download can be tried; it still may fail)."""
-    from helpers.sources import network_answers
-
-    if weights_cache_path().is_file():
-        return True
-    return network_answers(urlparse(imagenet_weights().url).hostname, 443, timeout)
 
 
 def load_imagenet_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
@@ -128,7 +101,10 @@ class PneumoniaNet(nn.Module):
     """
 
     def __init__(
-        self, dropout: float = 0.5, frozen: bool = True, trainable_blocks: int = TRAINABLE_BLOCKS
+        self,
+        dropout: float = Config.dropout,
+        frozen: bool = True,
+        trainable_blocks: int = Config.trainable_blocks,
     ) -> None:
         """Build a randomly initialised network; :func:`build_model` loads weights into it."""
         super().__init__()
@@ -139,7 +115,7 @@ class PneumoniaNet(nn.Module):
             raise ValueError(
                 f"trainable_blocks must be in [1, {len(self.features)}], got {trainable_blocks}"
             )
-        linear = nn.Linear(N_FEATURES, N_CLASSES)
+        linear = nn.Linear(N_FEATURES, len(CLASSES))
         nn.init.xavier_normal_(linear.weight)  # as the article
         nn.init.zeros_(linear.bias)
         self.head = nn.Sequential(
@@ -170,12 +146,14 @@ class PneumoniaNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 2) for normalised images (B, 3, S, S); S divisible by 32."""
+        """Logits (B, 2) for normalised images (B, 3, S, S), any S of at least 32."""
         return self.head(self.features(x))
 
 
 def build_model(
-    pretrained: str = "auto", dropout: float = 0.5, trainable_blocks: int = TRAINABLE_BLOCKS
+    pretrained: str = "auto",
+    dropout: float = Config.dropout,
+    trainable_blocks: int = Config.trainable_blocks,
 ) -> PneumoniaNet:
     """Build the article's network with ``pretrained`` in ``{"imagenet", "none", "auto"}``.
 
@@ -247,8 +225,6 @@ def model_summary(model: PneumoniaNet | None = None, image_size: int = 256, dept
     """
     import torchinfo
 
-    if image_size % 32:
-        raise ValueError(f"image_size must be divisible by 32, got {image_size}")
     if model is None:
         model = PneumoniaNet(frozen=True)
         header = (

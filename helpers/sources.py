@@ -10,15 +10,14 @@ with a silent fallback.
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.config import KAGGLE_DATASET, outputs_dir, project_root
 from helpers.data import DatasetError, resolve_layout
+from helpers.online import network_answers  # (moved to the bottom layer: helpers.model uses it too)
 
 KAGGLE_INPUT = Path("/kaggle/input")
 
@@ -26,37 +25,20 @@ KAGGLE_INPUT = Path("/kaggle/input")
 @dataclass(frozen=True)
 class DatasetLocation:
     """Where the data was found and how: ``source`` in argument, env, project, kaggle-input,
-    kagglehub or demo."""
+    kagglehub or demo. ``root`` is always absolute (resolved when the location is made), so
+    that a run folder names its data in a way that holds from any working directory."""
 
     root: Path
     source: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
 
     @property
     def is_demo(self) -> bool:
         """True for the synthetic demo dataset (never to be read as medical results), however
         it was found: the fallback, or a demo folder given explicitly (:func:`is_demo_folder`)."""
         return is_demo_folder(self.root)
-
-
-def network_answers(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
-    """True when a TCP connection to ``host`` opens within ``timeout`` seconds.
-
-    The name lookup is bounded too (it runs in a helper thread that is abandoned after
-    ``timeout``): an offline machine's resolver can otherwise take several seconds to give up.
-    """
-    answered = threading.Event()
-
-    def connect() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                answered.set()
-        except OSError:
-            pass
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return answered.is_set()
 
 
 def kaggle_input_roots(base: Path | None = None) -> list[Path]:
