@@ -26,11 +26,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from helpers.config import INTENSITY_CHOICES
 from helpers.files import atomic_write_text
-from helpers.images import DRAFT_FACTOR, INTENSITY_CHOICES, ImageError, load_gray
+from helpers.images import DRAFT_FACTOR, ImageError, load_gray
 
 CACHE_FORMAT_VERSION = 1
 """Bump when decoding changes, so that every existing cache is rebuilt."""
+
+READ_ATTEMPTS = 3
+"""How often a file that cannot be *read* (an I/O error, a network drive dropping out: an
+:class:`helpers.images.ImageReadError`) is tried while a cache is built, 0.5 s apart. If it
+still fails it is recorded as failed but not permanent, and tried again every time the cache
+is opened; a file whose *content* is bad fails the same way every time and is not retried."""
 
 DECODE_WORKERS = 2
 """Threads decoding while the cache is built. Pillow releases the GIL while decoding and
@@ -43,7 +50,9 @@ class ImageCache:
 
     Attributes: ``array`` (memmap ``(N, size, size)``), ``paths`` (list of str, row order),
     ``ok`` (bool array, False where decoding failed; those rows are zeros), ``failed`` (list of
-    ``{"path", "reason"}``), ``size``, ``path`` (the ``.npy`` file), ``index_path`` (its JSON).
+    ``{"path", "reason", "permanent"}``; ``permanent`` is False for a file that could not be
+    read, which is retried when the cache is next opened), ``size``, ``path`` (the ``.npy``
+    file), ``index_path`` (its JSON).
     """
 
     def __init__(self, npy_path: Path, index: dict[str, Any]) -> None:
@@ -154,6 +163,32 @@ def _open_existing(
         return None
 
 
+def _retry_unread(cache: ImageCache, index_path: Path, intensity: str) -> ImageCache:
+    """Try again the files the cache could not *read* when it was built (``permanent`` False;
+    an index written before that flag existed counts every failure as retryable). Rows that
+    decode now are written into the array and the index is rewritten atomically; a file with
+    bad content stays failed without being decoded again."""
+    retry = [f for f in cache.failed if not f.get("permanent", False)]
+    if not retry:
+        return cache
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    array = np.load(cache.path, mmap_mode="r+", allow_pickle=False)
+    failed = [f for f in cache.failed if f.get("permanent", False)]
+    for entry in retry:
+        result = _decode_with_retries(entry["path"], cache.size, intensity)
+        if isinstance(result, dict):
+            failed.append({"path": entry["path"], **result})
+            continue
+        row = cache.index_of(entry["path"])
+        array[row] = result
+        index["ok"][row] = True
+    array.flush()
+    del array
+    index["failed"] = failed
+    atomic_write_text(index_path, json.dumps(index, indent=1))
+    return ImageCache(cache.path, index)
+
+
 STALE_TEMP_SECONDS = 6 * 3600
 """A temporary cache file older than this is an interrupted build whatever its name says (a
 full-resolution build of the whole dataset takes minutes, not hours)."""
@@ -224,12 +259,17 @@ def remove_interrupted_builds(cache_dir: Path) -> list[Path]:
     return removed
 
 
-def _decode_or_reason(path: str, size: int, intensity: str) -> np.ndarray | str:
-    """:func:`load_gray`, returning the failure reason instead of raising (for the pool)."""
-    try:
-        return load_gray(path, size, intensity=intensity)
-    except ImageError as err:
-        return err.reason
+def _decode_with_retries(path: str, size: int, intensity: str) -> np.ndarray | dict[str, Any]:
+    """:func:`load_gray`, returning ``{"reason", "permanent"}`` instead of raising (for the
+    pool). A file that cannot be read is tried :data:`READ_ATTEMPTS` times."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return load_gray(path, size, intensity=intensity)
+        except ImageError as err:
+            if err.permanent or attempt == READ_ATTEMPTS - 1:
+                return {"reason": err.reason, "permanent": err.permanent}
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def build_cache(
@@ -249,7 +289,9 @@ def build_cache(
     complete; the JSON index (``paths``, ``size``, ``ok``, ``failed``, ``fingerprint``,
     ``format_version``) is renamed into place last, and only an index makes a cache valid.
     Images that fail to decode get a zero row, ``ok=False`` and their reason in ``failed``;
-    a one-line warning gives the count. ``intensity``: see :func:`normalize_intensity`.
+    a one-line warning gives the count. Only bad *content* is kept as a failure for good: a
+    file that could not be *read* is retried when the cache is next opened
+    (:data:`READ_ATTEMPTS`). ``intensity``: see :func:`normalize_intensity`.
     """
     if intensity not in INTENSITY_CHOICES:
         raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
@@ -267,7 +309,9 @@ def build_cache(
     index_path = cache_dir / f"{stem}.json"
 
     cache = _open_existing(npy_path, index_path, fingerprint, len(path_list), size)
-    if cache is None:
+    if cache is not None:
+        cache = _retry_unread(cache, index_path, intensity)
+    else:
         removed = remove_interrupted_builds(cache_dir)
         if removed:
             print(f"removed {len(removed)} temporary file(s) of interrupted cache builds")
@@ -275,9 +319,11 @@ def build_cache(
             path_list, size, npy_path, index_path, fingerprint, progress, workers, intensity
         )
     if cache.failed:
+        unread = sum(not f.get("permanent", False) for f in cache.failed)
+        again = f"; {unread} could not be read and will be tried again" if unread else ""
         warnings.warn(
             f"{len(cache.failed)} of {len(cache)} images could not be decoded (zero rows, "
-            f"ok=False; reasons in {cache.index_path})",
+            f"ok=False; reasons in {cache.index_path}){again}",
             stacklevel=2,
         )
     return cache
@@ -313,13 +359,13 @@ def _build(
                 chunk = paths[start : start + window]
                 for offset, result in enumerate(
                     pool.map(
-                        _decode_or_reason, chunk, [size] * len(chunk), [intensity] * len(chunk)
+                        _decode_with_retries, chunk, [size] * len(chunk), [intensity] * len(chunk)
                     )
                 ):
                     row = start + offset
-                    if isinstance(result, str):
+                    if isinstance(result, dict):
                         array[row] = 0
-                        failed.append({"path": paths[row], "reason": result})
+                        failed.append({"path": paths[row], **result})
                     else:
                         array[row] = result
                         ok[row] = True

@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from helpers.config import MAX_IMAGE_PIXELS
-
-MAX_PIXELS = MAX_IMAGE_PIXELS
-"""Images with more pixels than this are refused as decompression bombs (see the config)."""
+from helpers.config import INTENSITY_CHOICES, MAX_IMAGE_PIXELS
 
 DRAFT_FACTOR = 2
 """JPEGs are decoded at a reduced DCT scale, but never below ``DRAFT_FACTOR x`` the target
@@ -30,12 +27,31 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file and the problem."""
+    """An image file that cannot be used; the message names the file and the problem.
+
+    ``permanent`` is True when the bytes themselves are the problem (not an image, truncated,
+    a decompression bomb, an unsupported mode): reading the same file again gives the same
+    answer. :class:`ImageReadError` is the other kind.
+    """
+
+    permanent = True
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class ImageReadError(ImageError):
+    """The file could not be read at all: missing, no permission, an I/O error (a network
+    drive that dropped out). Not a property of the image, so never kept as one: trying again
+    later may work (:mod:`helpers.cache` retries it)."""
+
+    permanent = False
+
+
+class UnsupportedModeError(ValueError):
+    """A Pillow image mode that Pillow cannot convert to grey (``LAB``, ``La``)."""
 
 
 EXIF_ORIENTATION = 0x0112
@@ -82,7 +98,10 @@ def to_gray(image: Image.Image) -> Image.Image:
         return image.convert("RGBA").convert("L")
     if mode == "CMYK":
         return image.convert("RGB").convert("L")
-    return image.convert("L")
+    try:
+        return image.convert("L")
+    except ValueError as err:  # "conversion from LAB to RGB not supported" and the like
+        raise UnsupportedModeError(f"mode {mode} cannot be converted to grey ({err})") from err
 
 
 def gray_resize(image: Image.Image, size: int | None) -> np.ndarray:
@@ -94,13 +113,6 @@ def gray_resize(image: Image.Image, size: int | None) -> np.ndarray:
     if resized.mode == "L":
         return np.array(resized, dtype=np.uint8)  # a writable copy
     return np.clip(np.rint(np.asarray(resized, dtype=np.float32)), 0, 255).astype(np.uint8)
-
-
-INTENSITY_CHOICES = ("none", "equalize", "clahe")
-"""Per-image intensity normalisation applied after resizing (``Config.intensity``)."""
-
-CLAHE_TILES = 8
-CLAHE_CLIP = 2.0
 
 
 def equalize(image: np.ndarray) -> np.ndarray:
@@ -116,49 +128,12 @@ def equalize(image: np.ndarray) -> np.ndarray:
     return lut[image]
 
 
-def clahe(image: np.ndarray, tiles: int = CLAHE_TILES, clip: float = CLAHE_CLIP) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (CLAHE) of a uint8 image.
-
-    The image is cut into ``tiles x tiles`` regions; each gets its own equalisation curve,
-    from a histogram clipped at ``clip`` times the mean bin count (the clipped excess is
-    spread evenly over all bins), which limits how much noise in flat regions is amplified.
-    Each pixel's output blends the curves of the four nearest region centres bilinearly, so
-    no seams show. ``tiles=1`` with a very large ``clip`` is :func:`equalize`.
-    """
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"clahe expects a 2-D uint8 image, got {image.dtype} {image.shape}")
-    height, width = image.shape
-    rows = np.linspace(0, height, tiles + 1).round().astype(int)
-    cols = np.linspace(0, width, tiles + 1).round().astype(int)
-    curves = np.empty((tiles, tiles, 256), dtype=np.float64)
-    for i in range(tiles):
-        for j in range(tiles):
-            region = image[rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
-            hist = np.bincount(region.ravel(), minlength=256).astype(np.float64)
-            limit = max(1.0, clip * region.size / 256)
-            excess = np.maximum(hist - limit, 0.0).sum()
-            hist = np.minimum(hist, limit) + excess / 256
-            curves[i, j] = 255.0 * np.cumsum(hist) / region.size
-    # Fractional region coordinates of every row and column (clamped at the borders).
-    fy = np.interp(np.arange(height), (rows[:-1] + rows[1:] - 1) / 2, np.arange(tiles))
-    fx = np.interp(np.arange(width), (cols[:-1] + cols[1:] - 1) / 2, np.arange(tiles))
-    y0, x0 = np.floor(fy).astype(int), np.floor(fx).astype(int)
-    y1, x1 = np.minimum(y0 + 1, tiles - 1), np.minimum(x0 + 1, tiles - 1)
-    wy, wx = (fy - y0)[:, None], (fx - x0)[None, :]
-    y0, y1, x0, x1 = y0[:, None], y1[:, None], x0[None, :], x1[None, :]
-    top = (1 - wx) * curves[y0, x0, image] + wx * curves[y0, x1, image]
-    bottom = (1 - wx) * curves[y1, x0, image] + wx * curves[y1, x1, image]
-    return np.clip(np.rint((1 - wy) * top + wy * bottom), 0, 255).astype(np.uint8)
-
-
 def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
     """Apply ``mode`` (one of :data:`INTENSITY_CHOICES`) to a uint8 grey image."""
     if mode == "none":
         return image
     if mode == "equalize":
         return equalize(image)
-    if mode == "clahe":
-        return clahe(image)
     raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {mode!r}")
 
 
@@ -167,25 +142,28 @@ def open_upright(path: str | Path, draft: tuple[str, int] | None = None) -> Imag
 
     ``draft=(mode, size)`` lets a JPEG decode at a reduced DCT scale in ``mode`` (``"L"`` or
     ``"RGB"``), never below ``size`` pixels a side; other formats decode in full. Raises
-    :class:`ImageError` naming the file for a missing/empty/truncated file, something that is
-    not an image, or more than ``MAX_PIXELS`` pixels. :func:`load_gray` and the input check
-    (:mod:`helpers.inputcheck`) both read files through it.
+    :class:`ImageError` naming the file for an empty or truncated file, something that is not
+    an image, or more than ``MAX_IMAGE_PIXELS`` pixels; and :class:`ImageReadError` (an
+    ``ImageError`` with ``permanent=False``) when the file cannot be read at all: missing, no
+    permission, an I/O error. Nothing else is caught, so a bug is never reported as a bad
+    image. :func:`load_gray` and the input check (:mod:`helpers.inputcheck`) both read files
+    through it.
     """
     path = Path(path)
     try:
         nbytes = path.stat().st_size
     except OSError as err:
-        raise ImageError(path, f"cannot read file ({err.strerror or err})") from err
+        raise ImageReadError(path, f"cannot read file ({err.strerror or err})") from err
     if nbytes == 0:
         raise ImageError(path, "zero bytes (empty file)")
     try:
         with Image.open(path) as image:
             width, height = image.size
-            if width * height > MAX_PIXELS:
+            if width * height > MAX_IMAGE_PIXELS:
                 raise ImageError(
                     path,
-                    f"decompression bomb refused: {width}x{height} = "
-                    f"{width * height / 1e6:.0f} megapixels > {MAX_PIXELS / 1e6:.0f} MP limit",
+                    f"decompression bomb refused: {width}x{height} = {width * height / 1e6:.0f} "
+                    f"megapixels > {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit",
                 )
             if draft is not None and image.format == "JPEG":
                 image.draft(draft[0], (draft[1], draft[1]))
@@ -197,7 +175,12 @@ def open_upright(path: str | Path, draft: tuple[str, int] | None = None) -> Imag
         raise ImageError(path, f"decompression bomb refused by Pillow ({err})") from err
     except UnidentifiedImageError as err:
         raise ImageError(path, "not an image (Pillow cannot identify the file format)") from err
-    except (OSError, SyntaxError, EOFError) as err:
+    except OSError as err:
+        if err.errno is not None:  # the operating system's error (EIO, EACCES, ENOENT...)
+            raise ImageReadError(path, f"cannot read file ({err.strerror or err})") from err
+        # Pillow's own OSErrors carry no errno: "image file is truncated", "broken data stream"
+        raise ImageError(path, f"truncated or corrupt image data ({err})") from err
+    except (SyntaxError, EOFError) as err:  # how some Pillow decoders report corrupt data
         raise ImageError(path, f"truncated or corrupt image data ({err})") from err
 
 
@@ -214,18 +197,16 @@ def load_gray(
 
     JPEGs are decoded with ``Image.draft`` at a reduced DCT scale when the target is much
     smaller (never below ``DRAFT_FACTOR x size``); ``draft=False`` forces a full decode.
-    Raises :class:`ImageError` naming the file for a missing/empty/truncated file, something
-    that is not an image, an unsupported mode, or more than ``MAX_PIXELS`` pixels.
+    Raises what :func:`open_upright` raises, and :class:`ImageError` for a mode that cannot
+    be converted to grey; nothing else is caught.
     """
     if intensity not in INTENSITY_CHOICES:
         raise ValueError(f"intensity must be one of {INTENSITY_CHOICES}, got {intensity!r}")
     upright = open_upright(path, ("L", DRAFT_FACTOR * size) if draft and size else None)
     try:
         return normalize_intensity(gray_resize(upright, size), intensity)
-    except ValueError as err:  # e.g. a mode Pillow cannot convert to grey
+    except UnsupportedModeError as err:
         raise ImageError(path, f"cannot convert to grayscale ({err})") from err
-    except OSError as err:
-        raise ImageError(path, f"truncated or corrupt image data ({err})") from err
 
 
 MAX_DOWNLOAD_BYTES = 50_000_000
@@ -235,6 +216,10 @@ MAX_DOWNLOAD_BYTES = 50_000_000
 def fetch_image(source: str | Path, folder: str | Path) -> Path:
     """A local path for ``source``: the file itself, or an ``http(s)://`` URL downloaded into
     ``folder`` (written to a temporary name, renamed when complete).
+
+    A download is saved as ``<12 hex digits of the URL's sha256>-<the URL's file name>``, so
+    two URLs that end in the same name (``.../a/image.png`` and ``.../b/image.png``) never
+    overwrite each other, and the same URL always maps to the same file.
 
     Raises :class:`ImageError` naming the source when the file does not exist, the download
     fails, or it is larger than :data:`MAX_DOWNLOAD_BYTES`. Nothing is decoded here: the file
@@ -246,6 +231,7 @@ def fetch_image(source: str | Path, folder: str | Path) -> Path:
         if not path.is_file():
             raise ImageError(text, "no such file")
         return path
+    import hashlib
     import urllib.error
     import urllib.request
     from urllib.parse import urlparse
@@ -253,7 +239,7 @@ def fetch_image(source: str | Path, folder: str | Path) -> Path:
     from helpers.files import atomic_write_bytes
 
     name = Path(urlparse(text).path).name or "downloaded-image"
-    target = Path(folder) / name
+    target = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:12]}-{name}"
     try:
         with urllib.request.urlopen(text, timeout=30) as response:  # noqa: S310 (http(s) only)
             payload = response.read(MAX_DOWNLOAD_BYTES + 1)
