@@ -10,10 +10,13 @@ patient's X-rays on both sides of a split would let the model be graded on what 
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -349,21 +352,86 @@ def make_splits(images: pd.DataFrame, config: Config) -> dict[str, pd.DataFrame]
 TEST_HALVES_SEED = 2018
 """Fixed once, never tuned: which test patients fall in which half (:func:`test_halves`)."""
 
+PINNED_HALVES_FILE = "test_halves.csv"
+"""The committed membership of the official test split's two halves: one row per file
+(``file``, ``label``, ``half``), 624 rows, inside this package (:func:`pinned_halves`)."""
 
-def test_halves(test: pd.DataFrame, seed: int = TEST_HALVES_SEED) -> dict[str, pd.DataFrame]:
+
+@functools.cache
+def pinned_halves() -> pd.DataFrame:
+    """The official test split's halves as committed: ``file`` (the Kaggle file name), ``label``,
+    ``half`` (``choose``/``report``): 312 images of 202 patients each, 195 PNEUMONIA and 117
+    NORMAL in each half.
+
+    They were drawn once by :func:`computed_test_halves` (scikit-learn 1.9.1) on the official
+    test split and written down, because scikit-learn changed how
+    ``StratifiedGroupKFold(shuffle=True)`` draws its folds in late 2025: recomputed on another
+    install, "the report half" could silently become other images. A test checks that the
+    file still equals the computation where the real data is present.
+    """
+    text = resources.files("helpers").joinpath(PINNED_HALVES_FILE).read_text(encoding="utf-8")
+    return pd.read_csv(io.StringIO(text), dtype=str)
+
+
+def halves_rule(test: pd.DataFrame) -> str:
+    """How :func:`test_halves` cuts ``test``: ``"pinned"`` when every image is in the committed
+    list (:func:`pinned_halves`; matched by file name and class, so a moved, resized or partial
+    copy of the official test split keeps its halves), ``"computed"`` otherwise (the demo data,
+    another dataset)."""
+    if test.empty:
+        return "computed"
+    pinned = pinned_halves()
+    known = set(zip(pinned["file"], pinned["label"].map(CLASSES.index), strict=True))
+    names = test["path"].map(lambda p: Path(p).name)
+    rows = zip(names, test["target"].astype(int), strict=True)
+    return "pinned" if all(row in known for row in rows) else "computed"
+
+
+def describe_halves_rule(rule: str) -> str:
+    """One line saying where the halves came from, for ``config.json`` and reports."""
+    if rule == "pinned":
+        return f"pinned: the committed list helpers/{PINNED_HALVES_FILE} (official test split)"
+    import sklearn
+
+    return (
+        "computed: StratifiedGroupKFold(2, shuffle=True, random_state="
+        f"{TEST_HALVES_SEED}) by patient, scikit-learn {sklearn.__version__}"
+    )
+
+
+def test_halves(test: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The official test split cut in two by patient: ``choose`` and ``report``.
 
     The test split is for measuring, never for choosing. But some choices can only be judged
     on data that shows the shift between the training and the test images (an augmentation
     policy, an intensity normalisation). Such choices look at the ``choose`` half only; the
-    ``report`` half stays untouched and gives the honest number. The halves are stratified by
-    class and keep every patient on one side; ``seed`` is a constant of the project and the
-    rows are sorted by path first, so the halves are the same for every run and every reader.
-    ``test`` needs the columns ``path``, ``target`` and ``patient``.
+    ``report`` half gives the number to quote (what it has been exposed to is said in
+    ``docs/results.md``). Every patient is on one side and the class mix is kept.
+
+    For the official test split (every file in :func:`pinned_halves`) the halves are the
+    committed ones, read by file name: the same on every install. Any other table (the demo
+    data) is cut by :func:`computed_test_halves`; :func:`halves_rule` says which applies.
+    ``test`` needs the columns ``path``, ``target`` and ``patient``; rows come back sorted by
+    path.
     """
+    table = test.sort_values("path").reset_index(drop=True)  # the same halves in any order
+    if halves_rule(table) == "computed":
+        return computed_test_halves(table)
+    pinned = pinned_halves().set_index("file")["half"]
+    half = table["path"].map(lambda p: pinned[Path(p).name])
+    return {name: table[half == name] for name in ("choose", "report")}
+
+
+def computed_test_halves(
+    test: pd.DataFrame, seed: int = TEST_HALVES_SEED
+) -> dict[str, pd.DataFrame]:
+    """Cut ``test`` in two halves by patient, stratified by class, with a fixed seed: the rule
+    that drew the pinned halves, and the one used for any other dataset. Rows are sorted by
+    path first, so the result does not depend on their order (it does depend on the
+    scikit-learn version: see :func:`pinned_halves`)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    table = test.sort_values("path").reset_index(drop=True)  # the same halves in any order
+    table = test.sort_values("path").reset_index(drop=True)
     folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
     choose, report = next(folds.split(table, table["target"], groups=table["patient"]))
     return {"choose": table.iloc[choose], "report": table.iloc[report]}

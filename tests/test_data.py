@@ -6,15 +6,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from layouts import jpeg, tiny_layout
 from PIL import Image
 
 from helpers import data
-from helpers.config import Config
+from helpers.config import CLASSES, Config
 from helpers.data import (
     DatasetError,
     class_weights,
+    make_holdout,
     make_splits,
     patient_id,
     pneumonia_kind,
@@ -183,24 +185,86 @@ def test_patient_id_from_kaggle_names(name, patient):
     assert patient_id(name) == patient
 
 
-def test_test_halves_split_patients_and_keep_the_class_mix(demo_root):
-    from helpers.data import test_halves
-
+def test_computed_halves_split_patients_and_keep_the_class_mix(demo_root):
+    """Any dataset but the official test split (here the demo) gets computed halves."""
     test = scan(demo_root).images.query("split == 'test'")
-    halves = test_halves(test)
+    assert data.halves_rule(test) == "computed"
+    halves = data.test_halves(test)
     choose, report = halves["choose"], halves["report"]
     assert len(choose) + len(report) == len(test)
     assert not set(choose.patient) & set(report.patient)
     assert abs(choose.target.mean() - report.target.mean()) < 0.15
-    again = test_halves(test.sample(frac=1, random_state=3).sort_values("path"))
-    assert set(again["choose"].path) == set(test_halves(test.sort_values("path"))["choose"].path)
+    again = data.test_halves(test.sample(frac=1, random_state=3))
+    assert set(again["choose"].path) == set(choose.path)
 
 
-def test_real_test_halves(shared_data):
-    from helpers.data import test_halves
+def test_the_pinned_halves_are_the_official_test_split_cut_by_patient():
+    """The committed membership (helpers/test_halves.csv, shipped in the package): 624 files,
+    312 per half, 195 PNEUMONIA + 117 NORMAL each, no patient in both halves."""
+    pinned = data.pinned_halves()
+    assert len(pinned) == 624 and pinned["file"].is_unique
+    for half in ("choose", "report"):
+        rows = pinned[pinned["half"] == half]
+        assert len(rows) == 312 and (rows["label"] == "PNEUMONIA").sum() == 195
+    patients = pinned.assign(patient=pinned["file"].map(patient_id))
+    by_patient = patients.groupby("patient")["half"].nunique()
+    assert by_patient.max() == 1 and len(by_patient) == 404
 
-    images = scan(shared_data / "kermany-224").images
-    halves = test_halves(images[images.split == "test"])
-    for half in halves.values():
-        assert len(half) == 312 and half.target.sum() == 195
-    assert not set(halves["choose"].patient) & set(halves["report"].patient)
+
+def _official_names(tmp_path: Path, files: pd.DataFrame) -> pd.DataFrame:
+    """A test table whose files carry the official names (tiny stand-in images)."""
+    rows = []
+    for row in files.itertuples():
+        path = jpeg(tmp_path / "test" / row.label / row.file)
+        rows.append({"path": str(path), "target": CLASSES.index(row.label),
+                     "patient": patient_id(row.file)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_test_halves_returns_the_pinned_membership(tmp_path):
+    """Files with the official names get exactly the committed halves, whatever order they
+    come in, also when only some of them are there; one file more, and they are computed."""
+    pinned = data.pinned_halves()
+    some = pinned.sample(60, random_state=0)
+    table = _official_names(tmp_path, some).sample(frac=1, random_state=1)
+    assert data.halves_rule(table) == "pinned"
+    halves = data.test_halves(table)
+    expected = some.set_index("file")["half"]
+    for half, rows in halves.items():
+        assert {Path(p).name for p in rows["path"]} == set(expected[expected == half].index)
+    stranger = {"path": str(jpeg(tmp_path / "x" / "IM-9999-0001.jpeg")), "target": 0,
+                "patient": "IM-9999"}  # fmt: skip
+    assert data.halves_rule(pd.concat([table, pd.DataFrame([stranger])])) == "computed"
+
+
+def test_the_pinned_halves_are_what_the_function_computes(shared_data):
+    """Where the real data is, the committed file equals the rule that drew it (scikit-learn
+    1.9.1); with a scikit-learn that draws other folds this test fails, and the pinned file
+    is what keeps the report half the same images."""
+    images = scan(shared_data / "kermany-224", splits=["test"]).images
+    assert data.halves_rule(images) == "pinned"
+    computed = data.computed_test_halves(images)
+    pinned = data.pinned_halves().set_index("file")["half"]
+    for half, rows in computed.items():
+        names = {Path(p).name for p in rows["path"]}
+        assert names == set(pinned[pinned == half].index), half
+    returned = data.test_halves(images)
+    for half, rows in returned.items():
+        assert set(rows["path"]) == set(computed[half]["path"])
+        assert len(rows) == 312 and rows.target.sum() == 195 and rows.patient.nunique() == 202
+
+
+def test_make_holdout_links_a_patient_disjoint_test_split(tmp_path, demo_root):
+    counts = make_holdout(demo_root, tmp_path / "holdout", fraction=0.2, seed=1)
+    result = scan(tmp_path / "holdout")
+    images = result.images
+    pool = scan(demo_root).images.query("split != 'test'")
+    assert counts["train"] + counts["test"] == len(pool) == len(images)
+    assert set(images["split"]) == {"train", "test"}
+    train, test = images[images.split == "train"], images[images.split == "test"]
+    assert not set(train.patient) & set(test.patient)
+    assert 0.1 < len(test) / len(images) < 0.3 and test.target.nunique() == 2
+    links = list((tmp_path / "holdout").rglob("*.jpeg"))
+    assert all(p.is_symlink() for p in links)
+    with pytest.raises(FileExistsError, match="choose a new folder"):
+        make_holdout(demo_root, tmp_path / "holdout")
