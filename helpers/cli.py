@@ -15,6 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from helpers.config import AUGMENT_POLICIES, INTENSITY_CHOICES
+
 
 class CliError(Exception):
     """An expected failure: printed as one line, exit status 2, no traceback."""
@@ -26,7 +28,10 @@ class CliError(Exception):
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from helpers.demo import make_demo_dataset
 
-    root = make_demo_dataset(args.out, n_images=args.images, seed=args.seed)
+    try:
+        root = make_demo_dataset(args.out, n_images=args.images, seed=args.seed)
+    except (FileExistsError, ValueError, OSError) as err:
+        raise CliError(str(err)) from err
     print(f"demo dataset written to {root} (synthetic images, not medical data)")
     return 0
 
@@ -64,9 +69,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_holdout(args: argparse.Namespace) -> int:
-    from helpers.data import make_holdout
+    from helpers.data import DatasetError, make_holdout
 
-    counts = make_holdout(args.source, args.out, fraction=args.fraction, seed=args.seed)
+    try:
+        counts = make_holdout(args.source, args.out, fraction=args.fraction, seed=args.seed)
+    except (DatasetError, FileExistsError, ValueError) as err:
+        raise CliError(str(err)) from err
     print(f"{args.out}: train {counts['train']} images, test {counts['test']} (patient-disjoint)")
     return 0
 
@@ -75,16 +83,16 @@ def cmd_holdout(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from helpers.config import config_from_env
+    """Train a run. The recipe comes from the flags only: ``PNEUMONIA_QUICK`` is the notebooks'
+    switch and is ignored here (``--quick`` is this command's), and the recipe is printed
+    before anything starts. The synthetic demo dataset is refused unless ``--demo``."""
+    from helpers.config import ConfigError, is_quick, recipe_for_weights
     from helpers.data import DatasetError
     from helpers.model import WeightsUnavailableError
     from helpers.runs import RunError
+    from helpers.sources import find_dataset
     from helpers.train import train
 
-    weights = args.pretrained if args.pretrained in ("imagenet", "none") else None
-    config = config_from_env(weights=weights)  # "auto": the weights this machine can have
-    if args.quick:
-        config = config.quick_mode()
     overrides = {
         "epochs": args.epochs,
         "image_size": args.image_size,
@@ -96,19 +104,64 @@ def cmd_train(args: argparse.Namespace) -> int:
         "ema_decay": args.ema_decay,
         "patience": args.patience,
     }
-    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
-    if config.image_size % 32:
-        raise CliError(f"--image-size {config.image_size}: must be divisible by 32 (MobileNetV3)")
     try:
-        result = train(config, args.out, args.data, resume=args.resume, device=args.device)
+        config = recipe_for_weights(args.pretrained or "auto")  # auto: what this machine has
+        if args.quick:
+            config = config.quick_mode()
+        config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as err:
+        raise CliError(str(err)) from err
+    if is_quick() and not args.quick:
+        print("note: PNEUMONIA_QUICK is set; it is the notebooks' switch, ignored here (--quick)")
+    print(_describe_recipe(config))
+    try:
+        if args.resume and args.data is None and (args.out / "last.pt").is_file():
+            data = None  # the run's own images, where its manifest says they are
+        else:
+            location = find_dataset(args.data)
+            if location.is_demo and not args.demo:
+                raise CliError(
+                    f"{location.root} is the SYNTHETIC demo dataset (drawn images, not "
+                    "X-rays): give --demo to train on it anyway, or --data with the real "
+                    "dataset (data/README.md)"
+                )
+            data = location.root
+        result = train(config, args.out, data, resume=args.resume, device=args.device)
     except (DatasetError, RunError, WeightsUnavailableError, FileExistsError) as err:
         raise CliError(str(err)) from err
+    if result.history.empty:
+        print(f"run folder: {result.run_dir} (no epoch to train)")
+        return 0
     best = result.history.loc[result.history.epoch == result.best_epoch].iloc[0]
     print(
         f"best epoch {result.best_epoch}: val loss {best.val_loss:.4f}, val acc {best.val_acc:.3f}, "
         f"val F1 {best.val_f1:.3f}; {len(result.history)} epochs in {result.history.seconds.sum():.0f} s"
     )
     print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _describe_recipe(config: Any) -> str:
+    """One line saying which recipe ``train`` is about to run."""
+    kind = "quick" if config.quick else "full"
+    return (
+        f"recipe: {kind}, {config.image_size} px, weights {config.pretrained}, augment "
+        f"{config.augment}, intensity {config.intensity}, batch {config.batch_size}, up to "
+        f"{config.epochs} epochs (patience {config.patience}), seed {config.seed}"
+    )
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    """Write the data manifest of a run trained before runs recorded their images."""
+    from helpers.config import ConfigError
+    from helpers.data import DatasetError
+    from helpers.runs import RunError, backfill_manifest
+
+    try:
+        path = backfill_manifest(args.run, args.data)
+    except (RunError, DatasetError, ConfigError) as err:
+        raise CliError(str(err)) from err
+    print(f"{path}: written (the split drawn again matches the one the run recorded)")
     return 0
 
 
@@ -124,8 +177,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         metrics = evaluate_run(
-            args.run, args.data, split=args.split, device=args.device, tta=args.tta
-        )
+            args.run, args.data, split=args.split, device=args.device, tta=args.tta,
+            n_resamples=args.resamples,
+        )  # fmt: skip
     except (RunError, DatasetError) as err:
         raise CliError(str(err)) from err
     print(format_metrics(metrics))
@@ -315,9 +369,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    from helpers.data import DatasetError
     from helpers.report import make_figures
+    from helpers.runs import RunError
 
-    made = make_figures(args.eda_data, args.samples_data, args.run, args.out, split=args.split)
+    try:
+        made = make_figures(args.eda_data, args.samples_data, args.run, args.out, split=args.split)
+    except (DatasetError, RunError, FileNotFoundError, KeyError, ValueError) as err:
+        raise CliError(f"figures: {err}") from err
     for name, source in made.items():
         print(f"{args.out / name}: {source}")
     return 0
@@ -414,12 +473,12 @@ def _add_train_command(sub: Any) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument(
         "--augment",
-        choices=["article", "robust", "framing"],
+        choices=AUGMENT_POLICIES,
         help="training augmentation (default: article with ImageNet weights, framing from scratch)",
     )
     p.add_argument(
         "--intensity",
-        choices=["none", "equalize", "clahe"],
+        choices=INTENSITY_CHOICES,
         help="per-image intensity normalisation after resizing (default none, as the article)",
     )
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (0)")
@@ -427,19 +486,41 @@ def _add_train_command(sub: Any) -> None:
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (10)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--quick", action="store_true", help="small images, few epochs, a subset")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="allow training on the synthetic demo dataset (refused otherwise)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/last.pt on the run's own images (--data: where they moved)",
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "manifest", help="write the data manifest of a run trained before runs had one"
+    )
+    p.add_argument("--run", type=Path, required=True, help="run folder (holding config.json)")
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: the run's)")
+    p.set_defaults(func=cmd_manifest)
 
 
 def _add_run_commands(sub: Any) -> None:
     """``evaluate``, ``predict``, ``export``: using a trained run folder."""
     p = sub.add_parser("evaluate", help="score a run's best model: metrics, CIs, thresholds")
     p.add_argument("--run", type=Path, required=True, help="run folder (holding best.pt)")
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: the run's)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="where the run's data is now, if it moved (matched by relative path and hash)",
+    )
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument(
         "--tta", action="store_true", help="average each image with its mirror image (flip)"
     )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_evaluate)
 

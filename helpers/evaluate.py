@@ -1,8 +1,9 @@
 """Scoring a trained run: predictions, the metrics of a split, and single image files.
 
 :func:`evaluate_run` is what ``python -m helpers evaluate`` runs: it loads a run folder's
-``best.pt``, scores one split without augmentation, chooses a decision threshold on the
-VALIDATION split, and writes ``metrics-<split>.json`` and ``predictions-<split>.csv``. The
+``best.pt``, scores one split of the run's data manifest without augmentation, chooses a
+decision threshold on the VALIDATION split, and writes ``metrics-<split>.json`` and
+``predictions-<split>.csv``. The
 numbers come from :mod:`helpers.metrics`; notebook 05 computes the same ones with
 scikit-learn in front of the reader, from the saved predictions.
 """
@@ -21,16 +22,16 @@ import pandas as pd
 import torch
 
 from helpers.augment import normalize_batch
-from helpers.cache import ImageCache, build_cache
-from helpers.config import CLASSES, Config, cache_dir
-from helpers.data import DatasetError, make_splits, patient_id, scan
+from helpers.cache import ImageCache
+from helpers.config import CLASSES, Config
+from helpers.data import DatasetError
 from helpers.files import atomic_write_text
 from helpers.images import ImageError
 from helpers.inputcheck import model_input
-from helpers.loader import BatchLoader, PreparedData, cache_rows, prepare_data
+from helpers.loader import BatchLoader, PreparedData, load_run_data
 from helpers.metrics import CI_KEYS, bootstrap_ci, compute_metrics, youden_threshold
 from helpers.recipe import pick_device
-from helpers.runs import RunError, load_model_from_run, read_run_config
+from helpers.runs import RunError, load_model_from_run
 from helpers.sources import is_demo_folder
 
 HEADLINE_THRESHOLD = 0.5
@@ -53,6 +54,8 @@ RUN_METRIC_KEYS: tuple[str, ...] = (
     "ci95",
     "n_images",
     "n_patients",
+    "n_left_out",
+    "left_out",
     "weights_used",
     "val_threshold",
     "tta",
@@ -140,108 +143,57 @@ def _score(
 # --- evaluating a run folder ------------------------------------------------------------------------
 
 
-def _training_data(
-    config: Config, train_root: str | None, where: Path, progress: bool
-) -> tuple[PreparedData | None, str]:
-    """The run's training data (for the validation split), or None and why it is unreachable."""
-    if train_root is None:
-        return None, f"{where / 'config.json'} records no training data root"
-    try:
-        return prepare_data(config, train_root, progress=progress), ""
-    except (DatasetError, OSError) as err:
-        return None, str(err)
-
-
-def _same_folder(a: str | Path, b: str | Path) -> bool:
-    """True when ``a`` and ``b`` name the same folder (after ``~`` and symlinks)."""
-    try:
-        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-    except OSError:
-        return False
-
-
-def _images_to_score(
-    split: str,
-    data_dir: str | Path | None,
-    prepared: PreparedData | None,
-    unreachable: str,
-    config: Config,
-    run_data: dict[str, Any],
-    progress: bool,
-) -> tuple[pd.DataFrame, ImageCache, Path, bool]:
-    """The table of ``split``'s images, their cache, the folder scored and whether it is demo.
-
-    The training data's own cache when ``data_dir`` is absent or is the training data;
-    otherwise ``data_dir`` is scanned (it may hold only ``test/``) and cached.
-    """
-    train_root = run_data.get("root")
-    if data_dir is None or (train_root is not None and _same_folder(data_dir, train_root)):
-        if prepared is None:
-            raise DatasetError(
-                f"its training data is not reachable ({unreachable}); "
-                "pass the data folder explicitly"
-            )
-        root = Path(train_root)
-        return prepared.splits[split], prepared.cache, root, is_demo_folder(root)
-    root = Path(data_dir).expanduser()
-    scanned = scan(root)
-    if len(scanned.problems):
-        n_bad = len(scanned.problems)
-        print(f"skipping {n_bad} unusable files in {root} (see `python -m helpers scan`)")
-    if split == "test":
-        table = scanned.images[scanned.images["split"] == "test"].reset_index(drop=True)
-    else:
-        table = make_splits(scanned.images, config)["val"]
-    if table.empty:
-        raise DatasetError(f"{root}: no {split} images to evaluate")
-    cache = build_cache(
-        table["path"].tolist(), config.image_size, cache_dir(),
-        progress=progress, intensity=config.intensity,
-    )  # fmt: skip
-    return table, cache, root, is_demo_folder(root)
-
-
-def _decodable_rows(
-    cache: ImageCache, table: pd.DataFrame, split: str, root: Path
-) -> tuple[list[int], list[int]]:
+def _decodable_rows(data: PreparedData, split: str) -> tuple[list[int], list[int]]:
     """Cache rows and targets of the images to score; a warning counts those left out."""
-    indices, targets, failed = cache_rows(cache, table)
-    if failed:
+    indices, targets = data.rows(split)
+    left_out = data.left_out(split)
+    if left_out:
         warnings.warn(
-            f"{len(failed)} of {len(table)} {split} images could not be decoded and are left out "
-            f"(e.g. {failed[0]}; reasons in {cache.index_path})",
+            f"{len(left_out)} of {len(data.splits[split])} {split} images could not be decoded "
+            f"and are left out (e.g. {left_out[0]['path']}: {left_out[0]['reason']}); "
+            "metrics-*.json lists them",
             stacklevel=3,
         )
     if not indices:
-        raise DatasetError(f"{root}: none of the {split} images could be decoded")
+        raise DatasetError(f"{data.location.root}: none of the {split} images could be decoded")
     return indices, targets
+
+
+def _validation_data(
+    run_dir: Path, config: Config, data_dir: str | Path | None, progress: bool
+) -> tuple[PreparedData | None, str]:
+    """The run's validation split, from ``data_dir`` if given and holding it, else from where
+    the run found it; or None and why neither is usable."""
+    reasons = []
+    for where in dict.fromkeys([data_dir, None]):  # data_dir first, then the recorded paths
+        try:
+            return load_run_data(run_dir, config, where, ["val"], progress), ""
+        except DatasetError as err:  # a missing or changed file, a folder without val/
+            reasons.append(str(err))
+    return None, "; ".join(reasons)
 
 
 def _validation_threshold(
     model: torch.nn.Module,
-    prepared: PreparedData | None,
+    val: PreparedData | None,
     unreachable: str,
-    recorded_fingerprint: str | None,
     config: Config,
     device: torch.device,
     tta: bool,
 ) -> tuple[float, str]:
     """Youden's J threshold on the run's validation split, or 0.5 and the reason why not."""
-    if prepared is None:
-        return HEADLINE_THRESHOLD, f"fallback 0.5: validation data not reachable ({unreachable})"
-    root = prepared.location.root
-    indices, targets = prepared.rows("val")
-    try:
-        if not indices:
-            raise ValueError("the validation split is empty")
-        y_val, p_val = _score(model, prepared.cache, indices, targets, config, device, tta)
-        threshold = youden_threshold(y_val, p_val)
-    except ValueError as err:
-        return HEADLINE_THRESHOLD, f"fallback 0.5: no Youden threshold on {root} validation ({err})"
+    if val is None:
+        return HEADLINE_THRESHOLD, f"fallback 0.5: validation images not usable ({unreachable})"
+    indices, targets = val.rows("val")
+    root = val.location.root
+    if len(set(targets)) < 2:  # Youden's J needs both classes
+        return HEADLINE_THRESHOLD, (
+            f"fallback 0.5: the validation split of {root} has "
+            f"{'no images' if not targets else 'one class only'} that could be decoded"
+        )
+    y_val, p_val = _score(model, val.cache, indices, targets, config, device, tta)
     source = f"Youden's J on the validation split ({len(indices)} images of {root})"
-    if recorded_fingerprint and recorded_fingerprint != prepared.fingerprint():
-        source += "; warning: the files differ from those at training time"
-    return threshold, source
+    return youden_threshold(y_val, p_val), source
 
 
 def split_metrics(
@@ -280,17 +232,21 @@ def evaluate_run(
     ``predictions-<name>.csv`` (``<name>`` = the split, ``-tta`` appended with ``tta``: each
     image averaged with its mirror image) into the run folder and return the metrics.
 
-    Data: ``data_dir`` if given (it may hold only ``test/``), else the training data recorded in
-    ``config.json``. ``"test"`` is the official test folder; ``"val"`` the patient-grouped
-    validation split, recomputed from the run's seed. Images are scored through the cache,
-    without augmentation; images that fail to decode are left out with a warning and a count.
+    Data: the images the run's manifest lists for ``split`` (``manifest.csv``, written when
+    it trained; nothing is found or split again), at their recorded paths, or under
+    ``data_dir`` when the dataset has moved (matched by relative path; it may hold only
+    ``test/``). Every file is checked against its recorded hash: a missing or changed image
+    raises :class:`DatasetError` naming it. Images are scored through the cache, without
+    augmentation; images that fail to decode are left out with a warning, and counted and
+    named in the metrics (``n_left_out``, ``left_out``).
 
     The headline numbers use the article's argmax rule (0.5). A second threshold, Youden's J,
     is chosen on the run's VALIDATION split, never on the evaluated split (unless that is
-    ``val``, which ``source`` then says); without that data it falls back to 0.5, saying why.
-    Keys: :data:`RUN_METRIC_KEYS` (``ci95``: patient-cluster bootstrap intervals,
-    ``n_resamples`` resamples seeded with the run's seed; ``is_demo``: synthetic data).
-    Predictions: ``path``, ``patient``, ``target`` (0/1), ``p_pneumonia``, one row per image.
+    ``val``, which ``source`` then says); without those images it falls back to 0.5, saying
+    why (and warning). Keys: :data:`RUN_METRIC_KEYS` (``ci95``: patient-cluster bootstrap
+    intervals, ``n_resamples`` resamples seeded with the run's seed; ``is_demo``: synthetic
+    data). Predictions: ``path``, ``patient``, ``target`` (0/1), ``p_pneumonia`` and
+    ``test_half`` (``choose``/``report`` on the test split), one row per image scored.
     Raises :class:`RunError` without ``best.pt``, :class:`DatasetError` without data.
     """
     if split not in EVAL_SPLITS:
@@ -302,37 +258,48 @@ def evaluate_run(
         )
     dev = pick_device(device)
     model, config, state = load_model_from_run(run_dir, "best.pt", device=dev)
-    run_data = read_run_config(run_dir).get("data", {})
-    prepared, unreachable = _training_data(config, run_data.get("root"), run_dir, progress)
     try:
-        table, cache, root, is_demo = _images_to_score(
-            split, data_dir, prepared, unreachable, config, run_data, progress
-        )
+        data = load_run_data(run_dir, config, data_dir, [split], progress)
     except DatasetError as err:
         raise DatasetError(f"cannot evaluate {run_dir}: {err}") from err
-    indices, targets = _decodable_rows(cache, table, split, root)
-    y, p = _score(model, cache, indices, targets, config, dev, tta)
-    threshold, source = _validation_threshold(
-        model, prepared, unreachable, run_data.get("fingerprint"), config, dev, tta
-    )
-    if split == "val" and prepared is not None and _same_folder(root, prepared.location.root):
+    root = data.location.root
+    indices, targets = _decodable_rows(data, split)
+    y, p = _score(model, data.cache, indices, targets, config, dev, tta)
+    if split == "val":
+        val, unreachable = data, ""
+    else:
+        val, unreachable = _validation_data(run_dir, config, data_dir, progress)
+    threshold, source = _validation_threshold(model, val, unreachable, config, dev, tta)
+    if split == "val":
         source += "; chosen on the evaluated split itself, so its numbers there are optimistic"
+    if source.startswith("fallback"):
+        warnings.warn(f"{run_dir}: second threshold {source}", stacklevel=2)
 
-    paths = [cache.paths[i] for i in indices]
-    patients = [patient_id(path) for path in paths]
-    metrics = split_metrics(y, p, patients, threshold, n_resamples, config.seed)
+    scored = data.splits[split].set_index("path").loc[[data.cache.paths[i] for i in indices]]
+    metrics = split_metrics(y, p, scored["patient"].tolist(), threshold, n_resamples, config.seed)
     metrics["val_threshold"]["source"] = source
     metrics["val_threshold"] = {key: metrics["val_threshold"][key] for key in VAL_THRESHOLD_KEYS}
+    left_out = data.left_out(split)
     metrics.update(
+        n_left_out=len(left_out),
+        left_out=left_out,
         weights_used=state.get("weights_used", "unknown"),
         tta=tta,
         split=split,
         data_root=str(root),
-        is_demo=is_demo,
+        is_demo=is_demo_folder(root),
     )
     metrics = {key: metrics[key] for key in RUN_METRIC_KEYS}
     name = split + ("-tta" if tta else "")
-    predictions = pd.DataFrame({"path": paths, "patient": patients, "target": y, "p_pneumonia": p})
+    predictions = pd.DataFrame(
+        {
+            "path": scored.index,
+            "patient": scored["patient"].to_numpy(),
+            "target": y,
+            "p_pneumonia": p,
+            "test_half": scored["test_half"].to_numpy(),
+        }
+    )
     atomic_write_text(run_dir / f"predictions-{name}.csv", predictions.to_csv(index=False))
     atomic_write_text(run_dir / f"metrics-{name}.json", json.dumps(metrics, indent=2))
     return metrics

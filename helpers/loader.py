@@ -1,12 +1,13 @@
 """From a dataset folder to batches: the prepared data of a recipe and the loader over its cache.
 
-:func:`prepare_data` finds, scans and splits the dataset and opens (or builds) its cache;
-:class:`BatchLoader` reads batches from that cache, augmenting training batches only.
+:func:`prepare_data` finds, scans and splits the dataset, writes down the split (the data
+manifest, :mod:`helpers.manifest`) and opens (or builds) its cache; :func:`load_run_data` does
+the same from a run folder's manifest, without finding or splitting anything;
+:class:`BatchLoader` reads batches from the cache, augmenting training batches only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,10 +17,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.augment import AUGMENT_POLICIES, augment_policy, normalize_batch
+from helpers.augment import augment_policy, normalize_batch
 from helpers.cache import ImageCache, build_cache
-from helpers.config import Config, cache_dir
-from helpers.data import ScanResult, make_splits, scan
+from helpers.config import AUGMENT_POLICIES, Config, cache_dir
+from helpers.data import SPLITS, ScanResult, make_splits, scan
+from helpers.manifest import (
+    make_manifest,
+    manifest_fingerprint,
+    read_manifest,
+    relocate,
+    splits_of,
+    verify,
+)
 from helpers.sources import DatasetLocation, find_dataset
 
 
@@ -44,25 +53,32 @@ def cache_rows(cache: ImageCache, table: pd.DataFrame) -> tuple[list[int], list[
 
 @dataclass
 class PreparedData:
-    """Everything training needs from the data layer: where, what, which split, the cache."""
+    """Everything training needs from the data layer: where, which images in which split (the
+    ``manifest``), the cache. ``scanned`` is the scan :func:`prepare_data` made; ``None`` when
+    the data was read from a run's manifest (:func:`load_run_data`), which scans nothing."""
 
     location: DatasetLocation
-    scanned: ScanResult
+    scanned: ScanResult | None
     splits: dict[str, pd.DataFrame]
     cache: ImageCache
+    manifest: pd.DataFrame
 
     def rows(self, split: str) -> tuple[list[int], list[int]]:
         """Cache rows and targets of one split (images that failed to decode left out)."""
         indices, targets, _ = cache_rows(self.cache, self.splits[split])
         return indices, targets
 
+    def left_out(self, split: str) -> list[dict[str, str]]:
+        """The images of ``split`` that failed to decode (``path``, ``reason``): left out of
+        its batches, so that every count can say how many and which."""
+        _, _, failed = cache_rows(self.cache, self.splits[split])
+        reasons = {f["path"]: f["reason"] for f in self.cache.failed}
+        return [{"path": path, "reason": reasons.get(path, "")} for path in failed]
+
     def fingerprint(self) -> str:
-        """A short hash of the file list and split, recorded in ``config.json``."""
-        h = hashlib.sha1()
-        for split in ("train", "val", "test"):
-            for path in self.splits[split]["path"]:
-                h.update(f"{split}:{path}\n".encode())
-        return h.hexdigest()[:16]
+        """The manifest's fingerprint (:func:`helpers.manifest.manifest_fingerprint`),
+        recorded in ``config.json`` and ``last.pt``."""
+        return manifest_fingerprint(self.manifest)
 
     def loader(self, split: str, config: Config, device: torch.device | str) -> BatchLoader:
         """The batches of ``split`` for ``config``: shuffled and augmented for ``train``, in
@@ -80,18 +96,55 @@ class PreparedData:
 def prepare_data(
     config: Config, data_dir: str | Path | None = None, progress: bool = True
 ) -> PreparedData:
-    """Find, scan, split and cache the dataset for ``config`` (cache reused when valid)."""
+    """Find, scan, split, hash (the manifest) and cache the dataset for ``config`` (the cache
+    is reused when valid). Training writes ``.manifest`` into its run folder."""
     location = find_dataset(data_dir)
     scanned = scan(location.root)
     if len(scanned.problems):
         print(f"skipping {len(scanned.problems)} unusable files (see `python -m helpers scan`)")
     splits = make_splits(scanned.images, config)
-    paths = pd.concat([splits[s]["path"] for s in ("train", "val", "test")]).tolist()
-    cache = build_cache(
-        paths, config.image_size, cache_dir(), progress=progress,
-        intensity=config.intensity,
+    manifest = make_manifest(splits)
+    return PreparedData(location, scanned, splits, _cache(manifest, config, progress), manifest)
+
+
+def load_run_data(
+    run_dir: str | Path,
+    config: Config,
+    data_dir: str | Path | None = None,
+    splits: Sequence[str] = SPLITS,
+    progress: bool = True,
+) -> PreparedData:
+    """The data a run used, from its manifest: nothing is found, scanned or split again.
+
+    ``data_dir`` (a moved copy of the dataset) is mapped onto the manifest by relative path
+    (:func:`helpers.manifest.relocate`); without it the recorded paths are used. The files of
+    ``splits`` are checked against their recorded hashes (:func:`helpers.manifest.verify`:
+    a missing or changed file raises :class:`helpers.manifest.ManifestError` naming it). The
+    cache is the run's own when every file of the manifest is there (so it is reused),
+    otherwise that of the files of ``splits``.
+    """
+    manifest = read_manifest(run_dir)
+    if data_dir is not None:
+        manifest = relocate(manifest, data_dir)
+    needed = manifest[manifest["split"].isin(splits)]
+    where = f"data of the run {run_dir}" + (
+        f", looked for in {data_dir}" if data_dir else "; if it moved, give its new folder (--data)"
+    )
+    verify(needed, where=where)
+    present = all(Path(p).is_file() for p in manifest["path"])
+    cached = manifest if present else needed
+    root = Path(needed["path"].iloc[0]).parents[2] if len(needed) else Path(data_dir or ".")
+    location = DatasetLocation(root, "run manifest")
+    cache = _cache(cached, config, progress)
+    return PreparedData(location, None, splits_of(manifest, splits), cache, manifest)
+
+
+def _cache(manifest: pd.DataFrame, config: Config, progress: bool) -> ImageCache:
+    """The decode-once cache of the manifest's images, in its order (train, val, test)."""
+    return build_cache(
+        manifest["path"].tolist(), config.image_size, cache_dir(),
+        progress=progress, intensity=config.intensity,
     )  # fmt: skip
-    return PreparedData(location, scanned, splits, cache)
 
 
 class BatchLoader:

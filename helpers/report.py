@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, precision_recall_curve, roc_curve
 
-from helpers.config import CLASSES, Config
+from helpers.config import CLASSES
 from helpers.data import scan
 from helpers.files import atomic_write_text
 from helpers.images import load_gray
@@ -35,7 +35,7 @@ from helpers.plots import (
     plot_roc,
     plot_size_histograms,
 )
-from helpers.results import train_command
+from helpers.results import recorded_recipe, train_command
 from helpers.runs import read_history
 
 
@@ -106,7 +106,7 @@ def make_figures(
         f"python -m helpers figures --eda-data {eda_data} --samples-data {samples_data} "
         f"--run {run_dir} --split {split} --out {out}"
     )
-    trained = train_command(Config.from_dict(recipe).to_dict(), run_dir.name, str(eda_data))
+    trained = train_command(recorded_recipe(run_config), run_dir.name, str(eda_data))
     lines = [
         "# Figures and what produced them",
         "",
@@ -149,6 +149,12 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         f"patients from {metrics['data_root']}{tta}\n"
     )
     w(f"weights: {metrics['weights_used']}\n")
+    left_out = metrics.get("left_out") or []
+    if left_out:
+        w(f"left out: {len(left_out)} images that could not be decoded\n")
+        w("".join(f"  {item['path']}: {item['reason']}\n" for item in left_out[:10]))
+        if len(left_out) > 10:
+            w(f"  ... and {len(left_out) - 10} more (metrics-*.json lists them all)\n")
     if metrics.get("is_demo"):
         w("*** synthetic demo data: these numbers are not medical results ***\n")
     w(f"\n{'':18}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n")

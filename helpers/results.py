@@ -7,13 +7,17 @@ writes one row per run and scoring: its recipe, seed, epochs, wall time, the com
 trained it, and its metrics on
 
 * the full official test split (624 images on the real data),
-* the ``choose`` half (patient-grouped, :func:`helpers.data.test_halves`): the only test images
-  any choice may look at,
-* the ``report`` half: never looked at for a choice, so its numbers are the honest ones,
+* the ``choose`` half (patient-grouped, :func:`helpers.data.test_halves`; the halves recorded in
+  the run's predictions, from its data manifest): the only test images any choice may look at,
+* the ``report`` half: the numbers to quote (what it has been exposed to is said in
+  ``docs/results.md``),
 
 each at the article's 0.5 threshold, at the threshold chosen on the run's validation split, and
 at the threshold chosen on the choose half (Youden's J), with patient-cluster bootstrap
-intervals. Nothing is left out: a run that is worse is reported like the others.
+intervals. A validation threshold that fell back to 0.5 (the run's validation images were not
+usable when it was evaluated) is shown as "n/a (fallback)", not as a threshold; the full split
+at the choose-half threshold is labelled optimistic, since that threshold was fitted on half
+of its images. Nothing is left out: a run that is worse is reported like the others.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from helpers.config import SCRATCH_RECIPE, Config
-from helpers.data import test_halves
+from helpers.data import halves_rule, test_halves
 from helpers.evaluate import HEADLINE_THRESHOLD
 from helpers.metrics import bootstrap_ci, compute_metrics, youden_threshold
 from helpers.runs import RunError, read_history, read_run_config
@@ -48,6 +52,12 @@ CLI_FLAGS: dict[str, str] = {
 RULES = ("0.5", "validation", "choose half")
 """The three threshold rules every row is scored at."""
 
+FALLBACK = "n/a (fallback)"
+"""How a validation threshold that fell back to 0.5 is shown: no threshold was chosen."""
+
+OPTIMISTIC = "optimistic: threshold fitted on half of these images"
+"""The label of the full split scored at the choose-half threshold."""
+
 
 @dataclass
 class RunScore:
@@ -61,8 +71,9 @@ class RunScore:
     best_epoch: int
     wall_s: float
     command: str
-    thresholds: dict[str, float]
+    thresholds: dict[str, float | None]  # None: the validation rule fell back to 0.5
     subsets: dict[str, dict[str, dict[str, Any]]]  # subset -> rule -> metrics
+    halves: str = ""  # where the halves came from
 
 
 def train_command(config: dict[str, Any], run_name: str, data: str) -> str:
@@ -76,6 +87,14 @@ def train_command(config: dict[str, Any], run_name: str, data: str) -> str:
         if field in always or config.get(field) != default[field]:
             flags.append(f"{flag} {config[field]}")
     return "python -m helpers train " + " ".join(flags)
+
+
+def recorded_recipe(record: dict[str, Any]) -> dict[str, Any]:
+    """A run's recipe as ``config.json`` recorded it, with today's defaults for fields it lacks.
+
+    Not validated (:class:`helpers.config.Config` would be): a run trained with an option that
+    has since been removed (``intensity clahe``) can still be tabulated from its files."""
+    return {**Config().to_dict(), **record["config"]}
 
 
 def recipe_name(config: dict[str, Any]) -> str:
@@ -103,7 +122,11 @@ def score_run(
     run_dir: str | Path, data_label: str, tta: bool = False, n_resamples: int = 1000
 ) -> RunScore:
     """Score one evaluated run on the full test split and on its two halves (``data_label``:
-    the data folder to name in the reproducing command)."""
+    the data folder to name in the reproducing command).
+
+    The halves are those of the run's predictions (``test_half``, from its data manifest);
+    predictions written before they carried it are cut by :func:`helpers.data.test_halves`
+    (the pinned halves for the official test split)."""
     run_dir = Path(run_dir)
     name = "test-tta" if tta else "test"
     predictions_path = run_dir / f"predictions-{name}.csv"
@@ -113,15 +136,21 @@ def score_run(
         raise RunError(
             f"{run_dir}: not evaluated on test (run `python -m helpers evaluate --run {run_dir}{flag}`)"
         )
-    predictions = pd.read_csv(predictions_path)
+    predictions = pd.read_csv(predictions_path, keep_default_na=False)
     metrics = json.loads(metrics_path.read_text())
-    record = read_run_config(run_dir)
-    config = Config.from_dict(record["config"]).to_dict()
+    config = recorded_recipe(read_run_config(run_dir))
     history = read_history(run_dir)
-    halves = test_halves(predictions)
-    thresholds = {
+    if "test_half" in predictions and set(predictions["test_half"]) == {"choose", "report"}:
+        halves = {h: predictions[predictions["test_half"] == h] for h in ("choose", "report")}
+        where = "the run's data manifest"
+    else:
+        halves = test_halves(predictions)
+        where = f"{halves_rule(predictions)} by helpers.data.test_halves"
+    val = metrics["val_threshold"]
+    fell_back = val["source"].startswith("fallback")
+    thresholds: dict[str, float | None] = {
         "0.5": HEADLINE_THRESHOLD,
-        "validation": metrics["val_threshold"]["threshold"],
+        "validation": None if fell_back else val["threshold"],
         "choose half": youden_threshold(
             halves["choose"]["target"], halves["choose"]["p_pneumonia"]
         ),
@@ -133,10 +162,10 @@ def score_run(
             table["p_pneumonia"].to_numpy(),
             table["patient"].to_numpy(),
         )
-        subsets[subset] = {
-            rule: _scores(y, p, patients, t, config["seed"], n_resamples)
-            for rule, t in thresholds.items()
-        }
+        subsets[subset] = {}
+        for rule, t in thresholds.items():
+            scored = None if t is None else _scores(y, p, patients, t, config["seed"], n_resamples)
+            subsets[subset][rule] = scored
     return RunScore(
         name=run_dir.name,
         recipe=recipe_name(config),
@@ -148,6 +177,7 @@ def score_run(
         command=train_command(config, run_dir.name, data_label),
         thresholds=thresholds,
         subsets=subsets,
+        halves=where,
     )
 
 
@@ -166,18 +196,21 @@ def summary_table(scores: list[RunScore], subset: str, rule: str) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in scores:
-        m = s.subsets[subset][rule]
-        cells = [
-            _cell(m, k)
-            for k in ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
-        ]
         scoring = "flip TTA" if s.tta else "plain"
-        lines.append(
-            f"| `{s.name}` | {s.recipe} | {s.seed} | {scoring} | {m['threshold']:.3f} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        start = f"| `{s.name}` | {s.recipe} | {s.seed} | {scoring} | "
+        lines.append(start + " | ".join(_row_cells(s.subsets[subset][rule])) + " |")
     return "\n".join(lines)
+
+
+METRIC_COLUMNS = ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
+
+
+def _row_cells(m: dict[str, Any] | None) -> list[str]:
+    """The threshold and the five metrics of a row; "n/a (fallback)" where no threshold was
+    chosen (the validation rule fell back to 0.5)."""
+    if m is None:
+        return [FALLBACK] + ["n/a"] * len(METRIC_COLUMNS)
+    return [f"{m['threshold']:.3f}"] + [_cell(m, k) for k in METRIC_COLUMNS]
 
 
 def run_section(s: RunScore) -> str:
@@ -196,13 +229,9 @@ def run_section(s: RunScore) -> str:
     ]
     for subset, by_rule in s.subsets.items():
         for rule, m in by_rule.items():
-            cells = [
-                _cell(m, k)
-                for k in ("accuracy", "weighted_f1", "sensitivity", "specificity", "roc_auc")
-            ]
-            lines.append(
-                f"| {subset} | {rule} | {m['threshold']:.3f} | " + " | ".join(cells) + " |"
-            )
+            label = f"{rule} ({OPTIMISTIC})" if subset == "full" and rule == "choose half" else rule
+            lines.append(f"| {subset} | {label} | " + " | ".join(_row_cells(m)) + " |")
+    lines += ["", f"Test halves: {s.halves}."] if s.halves else []
     return "\n".join(lines)
 
 

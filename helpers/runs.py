@@ -14,6 +14,7 @@ checkpoint written on a GPU loads on a CPU.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -25,8 +26,11 @@ import pandas as pd
 import torch
 
 from helpers.config import Config, outputs_dir
+from helpers.data import make_splits, scan
 from helpers.files import atomic_write_bytes, atomic_write_text
+from helpers.manifest import MANIFEST_NAME, make_manifest, write_manifest
 from helpers.model import PneumoniaNet
+from helpers.sources import find_dataset
 
 CHECKPOINT_FORMAT = 1
 ARCH = "mobilenet_v3_small/pneumonianet"
@@ -120,13 +124,37 @@ def load_model_from_run(
     return model.to(device).eval(), config, state
 
 
-def check_compatible(state: dict[str, Any], config: Config, path: Path) -> None:
-    """Refuse to resume a run made with a different recipe (the history would be meaningless)."""
+RESUME_MAY_CHANGE: tuple[str, ...] = ("epochs", "eval_batch_size", "quick")
+"""Recipe fields a resumed run may change: the maximum number of epochs (to extend a run),
+the evaluation batch size (the validation loss is exact, so it does not depend on it) and
+the quick-mode label (quick mode's values are compared field by field). Every other field
+changes the model a run trains, so a different value is refused."""
+
+
+def check_compatible(
+    state: dict[str, Any], config: Config, path: Path, data_fingerprint: str | None = None
+) -> None:
+    """Refuse to resume a run made with a different recipe or on other data (the history
+    would be meaningless): every field but :data:`RESUME_MAY_CHANGE` must be equal, ``epochs``
+    may only grow, and ``data_fingerprint`` (the manifest's) must be the one recorded."""
     saved = Config.from_dict(state["config"]).to_dict()
-    changed = [k for k, v in config.to_dict().items() if saved[k] != v]
+    changed = [
+        k for k, v in config.to_dict().items() if k not in RESUME_MAY_CHANGE and saved[k] != v
+    ]
     if changed:
         raise RunError(
             f"{path}: made with a different config (changed: {', '.join(changed)}); use a new run folder"
+        )
+    if config.epochs < state["epoch"]:
+        raise RunError(
+            f"{path}: has already trained {state['epoch']} epochs, more than --epochs "
+            f"{config.epochs}; to extend a run give more epochs, not fewer"
+        )
+    recorded = state.get("data_fingerprint")
+    if data_fingerprint is not None and recorded is not None and recorded != data_fingerprint:
+        raise RunError(
+            f"{path}: trained on other data (manifest fingerprint {recorded}, now "
+            f"{data_fingerprint}); use a new run folder"
         )
 
 
@@ -162,8 +190,56 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # --- config.json and history.csv ------------------------------------------------------------
 
 
+# --- a manifest for a run trained before manifests ------------------------------------------
+
+
+def _split_fingerprint(splits: dict[str, pd.DataFrame]) -> str:
+    """What ``config.json`` recorded as ``data.fingerprint`` before runs had a manifest: a hash
+    of each image's split and absolute path, in split order."""
+    digest = hashlib.sha1()
+    for split in ("train", "val", "test"):
+        for path in splits[split]["path"]:
+            digest.update(f"{split}:{path}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def backfill_manifest(run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
+    """Write ``manifest.csv`` for a run trained before runs recorded their images.
+
+    The run's split is drawn again from its recorded recipe, on ``data_dir`` or the data root
+    recorded in ``config.json``, and written only if it is the split the run used: the
+    fingerprint ``config.json`` recorded then (each image's split and path) must come out
+    the same. A different scikit-learn, other data or data at another path give another
+    fingerprint, and nothing is written (:class:`RunError` says so). Returns the manifest's
+    path.
+    """
+    run_dir = Path(run_dir)
+    target = run_dir / MANIFEST_NAME
+    if target.is_file():
+        raise RunError(f"{target}: exists already")
+    record = read_run_config(run_dir)
+    data = record.get("data", {})
+    recorded = data.get("fingerprint")
+    root = data_dir if data_dir is not None else data.get("root")
+    if not recorded or root is None or "config" not in record:
+        raise RunError(f"{run_dir / 'config.json'}: records no data fingerprint or data root")
+    config = Config.from_dict(record["config"])
+    splits = make_splits(scan(find_dataset(root).root).images, config)
+    drawn = _split_fingerprint(splits)
+    if drawn != recorded:
+        raise RunError(
+            f"{run_dir}: the split drawn now from {root} (fingerprint {drawn}) is not the one "
+            f"the run recorded ({recorded}): other data, data at another path, or another "
+            "scikit-learn version; no manifest written"
+        )
+    return write_manifest(run_dir, make_manifest(splits))
+
+
 def library_versions() -> dict[str, str]:
-    """The versions that decide the numbers, recorded in ``config.json``."""
+    """The versions that decide the numbers, recorded in ``config.json``: torch, torchvision and
+    numpy compute them; scikit-learn drew the validation split; Pillow decoded the images."""
+    import PIL
+    import sklearn
     import torchvision
 
     return {
@@ -171,12 +247,50 @@ def library_versions() -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "pillow": PIL.__version__,
     }
 
 
-def write_run_config(run_dir: Path, record: dict[str, Any]) -> None:
-    """Write ``config.json``: ``record`` plus the library versions."""
-    payload = {**record, "versions": library_versions()}
+def git_commit(folder: str | Path | None = None) -> str | None:
+    """The commit checked out in the git checkout ``folder`` (default: the one holding
+    ``helpers/``), read from its ``.git`` files (a worktree's too), without running git;
+    ``None`` outside a git checkout. Recorded in ``config.json`` so that a run names the code
+    that trained it (uncommitted changes are not detected)."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parents[1]
+    git = folder / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <its folder in the main repository>"
+            text = git.read_text(encoding="utf-8").strip()
+            if not text.startswith("gitdir:"):
+                return None
+            git = (folder / text.removeprefix("gitdir:").strip()).resolve()
+        if not (git / "HEAD").is_file():
+            return None
+        head = (git / "HEAD").read_text(encoding="utf-8").strip()
+        if not head.startswith("ref:"):
+            return head or None  # a detached HEAD holds the commit itself
+        ref = head.removeprefix("ref:").strip()
+        common = git
+        if (git / "commondir").is_file():  # a worktree keeps its branches in the main .git
+            common = (git / (git / "commondir").read_text(encoding="utf-8").strip()).resolve()
+        for base in (git, common):
+            if (base / ref).is_file():
+                return (base / ref).read_text(encoding="utf-8").strip()
+        packed = common / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text(encoding="utf-8").splitlines():
+                if line.endswith(f" {ref}"):
+                    return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def write_run_config(run_dir: Path, record: dict[str, Any], commit: str | None = None) -> None:
+    """Write ``config.json``: ``record`` plus the library versions and ``commit`` (the code's
+    git commit, :func:`git_commit`; ``None`` outside a git checkout)."""
+    payload = {**record, "versions": library_versions(), "commit": commit}
     atomic_write_text(run_dir / "config.json", json.dumps(payload, indent=2))
 
 

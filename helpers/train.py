@@ -16,6 +16,7 @@ from ``last.pt`` with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -29,9 +30,11 @@ from torch import nn
 
 from helpers.config import CLASSES, Config
 from helpers.data import class_weights
+from helpers.files import atomic_write_text
 from helpers.fold import with_folded_prefix
 from helpers.inputcheck import write_input_stats
-from helpers.loader import BatchLoader, PreparedData, prepare_data
+from helpers.loader import BatchLoader, PreparedData, load_run_data, prepare_data
+from helpers.manifest import halves_description, write_manifest
 from helpers.model import PneumoniaNet, build_model
 from helpers.recipe import (
     EarlyStopping,
@@ -48,6 +51,8 @@ from helpers.runs import (
     HISTORY_COLUMNS,
     RunError,
     check_compatible,
+    git_commit,
+    library_versions,
     load_checkpoint,
     model_checkpoint,
     read_run_config,
@@ -234,9 +239,15 @@ def train(
     criterion it built, so that changing it there changes the trained run. ``config.json``
     records the class weights the loss used (``null`` for a criterion without weights).
 
-    ``resume=True`` continues from ``run_dir/last.pt`` (model, optimiser, scheduler, scaler,
-    weight average, early-stopping state, random generators, history). ``stop_after`` ends
-    the call after that many epochs in total, as an interruption would (used to test resuming).
+    A new run finds, scans and splits the data (:func:`helpers.loader.prepare_data`, or
+    ``prepared``) and writes down which images it uses (``manifest.csv``) before its first
+    epoch. ``resume=True`` continues from ``run_dir/last.pt`` (model, optimiser, scheduler,
+    scaler, weight average, early-stopping state, random generators, history, best weights)
+    on the images of the run's manifest, under ``data_dir`` if the dataset has moved; a
+    changed image, another recipe (but for more ``epochs``), other class weights or other
+    data is refused. ``stop_after`` ends the call after that many epochs in total, as an
+    interruption would (used to test resuming; ``0`` writes the run folder's ``manifest.csv``
+    and ``config.json`` and trains nothing).
     """
     if weights is not None and criterion is not None:
         raise ValueError("give the class weights or a criterion, not both")
@@ -245,7 +256,13 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
-    data = prepared or prepare_data(config, data_dir, progress=progress)
+    resuming = resume and (run_dir / "last.pt").is_file()
+    if prepared is not None:
+        data = prepared
+    elif resuming:  # the run's own images, not a new scan and split
+        data = load_run_data(run_dir, config, data_dir, progress=progress)
+    else:
+        data = prepare_data(config, data_dir, progress=progress)
     train_loader, val_loader = data.loader("train", config, dev), data.loader("val", config, dev)
     if not len(train_loader) or not len(val_loader):
         raise RunError(f"{data.location.root}: no training or validation images to train on")
@@ -255,12 +272,17 @@ def train(
     if criterion is not None:
         weights = _loss_weights(run.criterion)
     history: list[dict[str, Any]] = []
-    if resume and (run_dir / "last.pt").is_file():
-        history = _restore(run_dir, config, dev, run)
+    best: dict[str, Any] | None = None
+    if resuming:
+        history, best = _restore(run_dir, config, dev, run, data.fingerprint())
         _same_loss_as_before(run_dir, weights)
-    _write_config(run_dir, config, run.model, dev, data, weights)
-    write_input_stats(run_dir, data.splits["train"], config.seed)  # for the input check
+        _record_resume(run_dir, config, len(history))
+    else:
+        write_manifest(run_dir, data.manifest)
+        _write_config(run_dir, config, run.model, dev, data, weights)
+        write_input_stats(run_dir, data.splits["train"], config.seed)  # for the input check
 
+    fingerprint = data.fingerprint()
     fast = with_folded_prefix(run.model)  # the same function, faster when a prefix is frozen
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(len(history), last_epoch):
@@ -269,20 +291,29 @@ def train(
         history.append(_epoch(run, fast, train_loader, val_loader, epoch, config, dev, progress))
         improved = run.stopper.step(history[-1]["val_loss"], epoch + 1)
         if improved:
-            save_checkpoint(run_dir / "best.pt", model_checkpoint(run.kept, config, epoch + 1))
+            best = _copy(model_checkpoint(run.kept, config, epoch + 1))
+        # In this order, a kill between two writes leaves files that agree: last.pt holds the
+        # history and the best weights, so a resume rewrites what came after it.
         write_history(run_dir / "history.csv", history)
-        _save_last(run_dir, config, epoch + 1, run)
+        _save_last(run_dir, config, epoch + 1, run, history, best, fingerprint)
+        if improved:
+            save_checkpoint(run_dir / "best.pt", best)
         if progress:
             _print_epoch(history[-1], improved, run.stopper, config.patience)
 
-    best = load_checkpoint(run_dir / "best.pt", map_location=dev)
-    run.model.load_state_dict(best["model"])
-    run.model.eval()
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     stopper = run.stopper
+    if best is not None:
+        run.model.load_state_dict(best["model"])
+    run.model.eval()
     return TrainResult(
         run_dir, run.model, frame, stopper.best_epoch, stopper.best_loss, stopper.should_stop, data
     )
+
+
+def _copy(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` with its weights copied, so that training on does not change them."""
+    return {**checkpoint, "model": {k: v.detach().clone() for k, v in checkpoint["model"].items()}}
 
 
 def _epoch(
@@ -319,12 +350,19 @@ def _epoch(
 # --- the run's bookkeeping ----------------------------------------------------------------------
 
 
-def _restore(run_dir: Path, config: Config, device: torch.device, run: Training) -> list[dict]:
-    """Load ``last.pt`` into the training objects; return the history up to its epoch."""
+def _restore(
+    run_dir: Path, config: Config, device: torch.device, run: Training, data_fingerprint: str
+) -> tuple[list[dict], dict[str, Any] | None]:
+    """Load ``last.pt`` into the training objects; return the history up to its epoch and the
+    best epoch's checkpoint (rewriting ``best.pt`` from it if a kill came between the two)."""
     path = run_dir / "last.pt"
     state = load_checkpoint(path, map_location=device)
-    check_compatible(state, config, path)
+    check_compatible(state, config, path, data_fingerprint)
     for name, part in run.resumable().items():
+        if name == "scaler" and not state[name]:
+            # saved by a disabled scaler (a CPU run, or bfloat16): nothing to carry over, and a
+            # run resumed on a GPU that uses one starts it fresh
+            continue
         part.load_state_dict(state[name])
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
@@ -332,7 +370,19 @@ def _restore(run_dir: Path, config: Config, device: torch.device, run: Training)
     restore_rng_state(state)
     _same_threads_as_before(state.get("threads"))
     print(f"resuming {run_dir} after epoch {state['epoch']}")
-    return pd.read_csv(run_dir / "history.csv").to_dict(orient="records")[: state["epoch"]]
+    if "history" in state:
+        history = [dict(row) for row in state["history"]]
+    else:  # a last.pt written before it held the history
+        history = pd.read_csv(run_dir / "history.csv").to_dict(orient="records")[: state["epoch"]]
+    write_history(run_dir / "history.csv", history)
+    best = state.get("best")
+    if best is not None:
+        on_disk = (run_dir / "best.pt").is_file() and load_checkpoint(run_dir / "best.pt")
+        if not on_disk or on_disk.get("epoch") != best["epoch"]:
+            save_checkpoint(run_dir / "best.pt", best)
+    elif (run_dir / "best.pt").is_file():
+        best = load_checkpoint(run_dir / "best.pt", map_location=device)
+    return history, best
 
 
 def _same_threads_as_before(threads: int | None) -> None:
@@ -344,13 +394,23 @@ def _same_threads_as_before(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _save_last(run_dir: Path, config: Config, epoch: int, run: Training) -> None:
-    """Write ``last.pt``: everything :func:`_restore` needs to carry on after ``epoch``."""
+def _save_last(
+    run_dir: Path,
+    config: Config,
+    epoch: int,
+    run: Training,
+    history: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    data_fingerprint: str,
+) -> None:
+    """Write ``last.pt``: everything :func:`_restore` needs to carry on after ``epoch``,
+    including the history so far, the best epoch's checkpoint and the data's fingerprint."""
     state = model_checkpoint(run.model, config, epoch)
     state["threads"] = torch.get_num_threads()
     state.update({name: part.state_dict() for name, part in run.resumable().items()})
     state.update(ema=None if run.ema is None else run.ema.state_dict(), **run.stopper.state_dict())
     state.update(rng_state())
+    state.update(history=history, best=best, data_fingerprint=data_fingerprint)
     save_checkpoint(run_dir / "last.pt", state)
 
 
@@ -381,7 +441,9 @@ def _write_config(
     data: PreparedData,
     weights: dict[str, float] | None,
 ) -> None:
-    """``config.json``: the recipe, the weights, the device and the data of this run."""
+    """``config.json``: the recipe, the weights, the device, the data of this run (its images
+    are in ``manifest.csv``, whose fingerprint is recorded), the versions and the commit."""
+    splits = ("train", "val", "test")
     write_run_config(
         run_dir,
         {
@@ -394,13 +456,28 @@ def _write_config(
                 "root": str(data.location.root),
                 "source": data.location.source,
                 "is_demo": data.location.is_demo,
+                "manifest": "manifest.csv",
                 "fingerprint": data.fingerprint(),
-                "counts": {s: int(len(data.splits[s])) for s in ("train", "val", "test")},
-                "skipped_files": int(len(data.scanned.problems)),
+                "counts": {s: int(len(data.splits[s])) for s in splits},
+                "test_halves": halves_description(data.manifest),
+                "skipped_files": 0 if data.scanned is None else int(len(data.scanned.problems)),
+                "left_out": {s: data.left_out(s) for s in splits},
                 "class_weights": weights,
             },
         },
+        commit=git_commit(),
     )
+
+
+def _record_resume(run_dir: Path, config: Config, epoch: int) -> None:
+    """Note a resume in ``config.json``: the recipe now (more epochs may have been given), and
+    after which epoch, with which code and libraries, the run went on (``versions`` and
+    ``commit`` stay those the run started with)."""
+    record = read_run_config(run_dir)
+    resumed = record.get("resumed", [])
+    resumed.append({"after_epoch": epoch, "commit": git_commit(), "versions": library_versions()})
+    record.update(config=config.to_dict(), resumed=resumed)
+    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
 
 
 def _history_row(

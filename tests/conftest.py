@@ -1,9 +1,17 @@
-"""Shared fixtures: the demo dataset and one quick trained run, each built once per session,
-and the real data when it is there."""
+"""Shared fixtures: the demo dataset, a run folder made without training, one quick trained
+run (for the slow tests), and the real data when it is there.
+
+``-m "not slow"`` is the subset a contributor runs before every commit: no training run, no
+notebook kernel, no child process. :func:`_fast_means_fast` enforces it: a test not marked
+``slow`` that starts a training epoch or a process fails, saying so.
+"""
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,6 +43,63 @@ def outputs(session_outputs, monkeypatch) -> Path:
     return session_outputs
 
 
+@dataclass
+class MadeRun:
+    """A run folder written as :func:`helpers.train.train` writes it, made without training."""
+
+    run_dir: Path
+    data: object  # helpers.loader.PreparedData
+    config: object  # helpers.config.Config
+
+
+@pytest.fixture(scope="session")
+def made_run(demo_root, session_outputs, tmp_path_factory) -> MadeRun:
+    """A run folder for the tests of evaluation, results, figures, predict and export, made in
+    a second without training anything.
+
+    ``train(..., stop_after=0)`` writes ``manifest.csv`` and ``config.json`` exactly as a run
+    does. The model keeps its seeded random weights; only its BatchNorm statistics are taken
+    from one forward pass over the training batches (no gradient, no optimiser), without
+    which a random MobileNetV3's activations vanish and every image gets P = 0.5. Its
+    predictions then differ from image to image (about 0.3-0.6 on the demo data). ``best.pt``
+    holds it as epoch 1, and ``history.csv`` the losses it has on the training and validation
+    batches. Tests must not change its folder: copy it first (``shutil.copytree``)."""
+    import torch
+
+    from helpers.config import Config
+    from helpers.data import class_weights
+    from helpers.recipe import weighted_loss
+    from helpers.runs import model_checkpoint, save_checkpoint, write_history
+    from helpers.train import run_epoch, train
+
+    config = Config().quick_mode().replace(pretrained="none")
+    run_dir = tmp_path_factory.mktemp("made-run") / "run"
+    device = torch.device("cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+        started = train(config, run_dir, demo_root, progress=False, stop_after=0, device="cpu")
+    model, data = started.model, started.data
+    torch.manual_seed(config.seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batches below
+    model.train()
+    with torch.no_grad():
+        for x, _ in data.loader("train", config.replace(augment="article"), device):
+            model(x)
+    model.eval()
+    save_checkpoint(run_dir / "best.pt", model_checkpoint(model, config, 1))
+    criterion = weighted_loss(class_weights(data.rows("train")[1]), config, device)
+    fit = run_epoch(model, data.loader("train", config, device), criterion, device)
+    val = run_epoch(model, data.loader("val", config, device), criterion, device)
+    row = {"epoch": 1, "train_loss": fit.loss, "train_acc": fit.acc, "train_f1": fit.f1,
+           "val_loss": val.loss, "val_acc": val.acc, "val_f1": val.f1,
+           "lr_head": config.scratch_lr, "lr_backbone": config.scratch_lr, "seconds": 0.0}  # fmt: skip
+    write_history(run_dir / "history.csv", [row])
+    return MadeRun(run_dir, data, config)
+
+
 @pytest.fixture(scope="session")
 def quick_run(demo_root, session_outputs, tmp_path_factory):
     """The quick recipe (from scratch) trained once on the demo data, for every test that
@@ -55,6 +120,30 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "kermany-224").is_dir():
         pytest.skip("../shared/data is not available")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _fast_means_fast(request, monkeypatch):
+    """A test not marked ``slow`` may not start a training epoch, a process or a kernel."""
+    if request.node.get_closest_marker("slow"):
+        return
+    name = request.node.nodeid
+    if "quick_run" in request.fixturenames:
+        raise AssertionError(f"{name} is not marked slow but uses quick_run, a training run")
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"{name} is not marked slow but {what}")
+
+        return refused
+
+    import helpers.train
+
+    monkeypatch.setattr(helpers.train, "_epoch", refuse("trains an epoch"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starts a child process"))
+    monkeypatch.setattr(
+        multiprocessing.process.BaseProcess, "start", refuse("starts a child process")
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""evaluate_run, format_metrics and the evaluate / predict / export subcommands on one tiny run."""
+"""evaluate_run, format_metrics and the evaluate / predict / export subcommands on one run folder
+made without training (``made_run``), so that all of it is in the fast subset."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from helpers import cli
 from helpers.augment import normalize_batch
+from helpers.data import DatasetError
 from helpers.evaluate import (
     RUN_METRIC_KEYS,
     VAL_THRESHOLD_KEYS,
@@ -25,10 +27,12 @@ from helpers.evaluate import (
 )
 from helpers.explain import gradcam_file_name
 from helpers.images import load_gray
-from helpers.loader import BatchLoader, prepare_data
+from helpers.loader import BatchLoader, load_run_data
+from helpers.manifest import read_manifest, relocate, write_manifest
 from helpers.metrics import CI_KEYS, compute_metrics, youden_threshold
 from helpers.report import format_metrics
 from helpers.runs import load_model_from_run
+from helpers.train import train
 
 
 @dataclass
@@ -42,16 +46,16 @@ class TinyRun:
 
 
 @pytest.fixture(scope="module")
-def tiny(quick_run, session_outputs, demo_root, tmp_path_factory) -> TinyRun:
-    """The session's quick run (copied), evaluated on the demo test folder.
+def tiny(made_run, session_outputs, demo_root, tmp_path_factory) -> TinyRun:
+    """The session's made run (copied), evaluated on the demo test folder.
 
     On the CPU even where there is a GPU: the tests compare its probabilities with ones
     computed on the CPU, and a GPU's convolutions (TF32) differ from those in the 4th digit.
     """
-    run_dir = copytree(quick_run.run_dir, tmp_path_factory.mktemp("evaluate") / "run")
+    run_dir = copytree(made_run.run_dir, tmp_path_factory.mktemp("evaluate") / "run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-        metrics = evaluate_run(run_dir, progress=False, device="cpu")
+        metrics = evaluate_run(run_dir, progress=False, device="cpu", n_resamples=200)
     return TinyRun(run_dir, session_outputs, Path(demo_root), metrics)
 
 
@@ -93,14 +97,19 @@ def test_metrics_file_holds_the_documented_keys_and_sane_numbers(tiny):
     assert m["weights_used"] == "none"
     assert m["is_demo"] is True  # the demo folder's marker, whatever config.json says
     assert m["tta"] is False
+    assert m["n_left_out"] == 0 and m["left_out"] == []
     assert 0 < m["n_patients"] <= m["n_images"]
 
     # The headline numbers follow from the saved per-image predictions.
     preds = _predictions(tiny.run_dir)
     assert len(preds) == m["n_images"]
     assert all(Path(p).is_relative_to(tiny.data_root / "test") for p in preds["path"])
-    assert list(preds.columns) == ["path", "patient", "target", "p_pneumonia"]
+    assert list(preds.columns) == ["path", "patient", "target", "p_pneumonia", "test_half"]
     assert preds["patient"].nunique() == m["n_patients"]
+    # ... and their test halves are the manifest's.
+    manifest = read_manifest(tiny.run_dir).set_index("path")
+    assert list(preds["test_half"]) == list(manifest.loc[preds["path"], "test_half"])
+    assert set(preds["test_half"]) == {"choose", "report"}
     again = compute_metrics(preds["target"], preds["p_pneumonia"], 0.5)
     assert again["confusion_matrix"] == m["confusion_matrix"]
     assert again["roc_auc"] == pytest.approx(m["roc_auc"], abs=1e-9)
@@ -108,7 +117,7 @@ def test_metrics_file_holds_the_documented_keys_and_sane_numbers(tiny):
 
 def test_threshold_is_youden_on_validation_not_on_test(tiny, shared_outputs):
     model, config, _ = load_model_from_run(tiny.run_dir)
-    data = prepare_data(config, tiny.data_root, progress=False)
+    data = load_run_data(tiny.run_dir, config, progress=False)
     indices, targets = data.rows("val")
     loader = BatchLoader(data.cache, indices, targets, 64, shuffle=False, augment=False, seed=0)
     y_val, p_val = predict_proba(model, loader)
@@ -136,8 +145,8 @@ def test_evaluate_a_folder_holding_only_test(tiny, shared_outputs, tmp_path):
     only = tmp_path / "elsewhere"
     shutil.copytree(tiny.data_root / "test", only / "test")
     run = copytree(tiny.run_dir, tmp_path / "run")
-    m = evaluate_run(run, data_dir=only, progress=False)
-    assert Path(m["data_root"]) == only
+    m = evaluate_run(run, data_dir=only, progress=False, n_resamples=100)
+    assert Path(m["data_root"]) == only.resolve()
     assert m["n_images"] == tiny.metrics["n_images"]
     # Same images, same probabilities; the threshold still comes from the training data.
     ours = _predictions(run).assign(name=lambda d: d["path"].map(lambda p: Path(p).name))
@@ -149,21 +158,122 @@ def test_evaluate_a_folder_holding_only_test(tiny, shared_outputs, tmp_path):
     assert m["val_threshold"]["threshold"] == tiny.metrics["val_threshold"]["threshold"]
 
 
-def test_threshold_falls_back_to_half_when_training_data_is_gone(tiny, shared_outputs, tmp_path):
-    only = tmp_path / "elsewhere"
-    shutil.copytree(tiny.data_root / "test", only / "test")
+def test_threshold_falls_back_to_half_when_the_validation_images_are_gone(
+    tiny, shared_outputs, tmp_path, capsys
+):
+    """A copy of the test folder only, and the training data gone: the test images are scored,
+    the second threshold falls back to 0.5, and both the metrics and a warning say why."""
+    moved = tmp_path / "moved" / "chest_xray"
+    shutil.copytree(tiny.data_root, moved)
     run = copytree(tiny.run_dir, tmp_path / "run")
-    config = json.loads((run / "config.json").read_text())
-    gone = tmp_path / "deleted-training-data"
-    config["data"]["root"] = str(gone)
-    (run / "config.json").write_text(json.dumps(config))
-    m = evaluate_run(run, data_dir=only, progress=False)
+    manifest = read_manifest(run)
+    write_manifest(run, relocate(manifest, moved))  # as if the run had trained on the copy
+    gone = relocate(manifest, moved).query("split == 'val'")["path"].iloc[0]
+    only = tmp_path / "only-test"
+    shutil.copytree(moved / "test", only / "test")
+    shutil.rmtree(moved)  # the training data is gone
+    with pytest.warns(UserWarning, match="fallback 0.5"):
+        m = evaluate_run(run, data_dir=only, progress=False, n_resamples=100)
     vt = m["val_threshold"]
     assert vt["threshold"] == 0.5
-    assert vt["source"].startswith("fallback") and str(gone) in vt["source"]
+    assert vt["source"].startswith("fallback") and f"{gone}: missing" in vt["source"]
     assert vt["accuracy"] == m["accuracy"]  # same threshold, same numbers
-    # Without data_dir there is nothing to evaluate: a clear error naming the folder.
-    assert cli.main(["evaluate", "--run", str(run)]) != 0
+    assert "fallback 0.5" in format_metrics(m)
+    # Without data_dir there is nothing to evaluate: a clear error naming a missing file.
+    assert cli.main(["evaluate", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert str(moved / "test") in err and "missing" in err and "--data" in err
+
+
+def test_evaluate_from_another_folder_after_the_data_moved(made_run, shared_outputs, tmp_path):
+    """A run whose data was found by a relative path is evaluated from another working
+    directory, and, once the data has moved, with ``--data``: the same probabilities."""
+    data_copy = tmp_path / "work" / "demo"
+    shutil.copytree(made_run.data.location.root, data_copy)
+    train_from = tmp_path / "work"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(train_from)
+        started = train(made_run.config, "run", "demo", progress=False, stop_after=0)
+    run = started.run_dir if started.run_dir.is_absolute() else train_from / started.run_dir
+    shutil.copy(made_run.run_dir / "best.pt", run / "best.pt")
+    record = json.loads((run / "config.json").read_text())
+    assert record["data"]["root"] == str(data_copy.resolve())
+    assert all(Path(p).is_absolute() for p in read_manifest(run)["path"])
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(elsewhere)
+        here = evaluate_run(run, progress=False, device="cpu", n_resamples=50)
+        assert not here["val_threshold"]["source"].startswith("fallback")
+        moved = tmp_path / "moved"
+        data_copy.rename(moved)
+        with pytest.raises(DatasetError, match="missing.*--data"):
+            evaluate_run(run, progress=False, device="cpu", n_resamples=50)
+        there = evaluate_run(run, data_dir="../moved", progress=False, device="cpu", n_resamples=50)
+    assert there["n_images"] == here["n_images"] and Path(there["data_root"]) == moved
+    assert there["val_threshold"]["threshold"] == here["val_threshold"]["threshold"]
+    for key in ("accuracy", "roc_auc", "confusion_matrix"):
+        assert there[key] == here[key], key
+
+
+def test_evaluate_refuses_images_that_changed(made_run, shared_outputs, tmp_path, capsys):
+    """Another file under a recorded name (same relative path, other bytes) is not evaluated."""
+    data_copy = tmp_path / "copy"
+    shutil.copytree(made_run.data.location.root, data_copy)
+    run = copytree(made_run.run_dir, tmp_path / "run")
+    test = read_manifest(run).query("split == 'test'")
+    changed = data_copy / test["relpath"].iloc[3]
+    shutil.copy(data_copy / test["relpath"].iloc[0], changed)
+    code = cli.main(["evaluate", "--run", str(run), "--data", str(data_copy)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert str(changed) in err and "not the image this run used" in err
+    assert not (run / "metrics-test.json").exists()
+
+
+def test_images_that_fail_to_decode_are_counted_and_named(made_run, shared_outputs, tmp_path):
+    """An image that decodes no more (here: its cache row marked failed) is left out of the
+    metrics, and metrics-test.json and the printed report say how many and which."""
+    run = copytree(made_run.run_dir, tmp_path / "run")
+    data = load_run_data(run, made_run.config, progress=False)
+    broken = data.splits["test"]["path"].iloc[0]
+    index = json.loads(data.cache.index_path.read_text())
+    row = index["paths"].index(broken)
+    index["ok"][row] = False
+    index["failed"] = [{"path": broken, "reason": "truncated or corrupt", "permanent": True}]
+    data.cache.index_path.write_text(json.dumps(index))
+    try:
+        with pytest.warns(UserWarning, match="1 of .* test images could not be decoded"):
+            m = evaluate_run(run, progress=False, device="cpu", n_resamples=50)
+    finally:
+        index["ok"][row], index["failed"] = True, []
+        data.cache.index_path.write_text(json.dumps(index))
+    assert m["n_left_out"] == 1
+    assert m["left_out"] == [{"path": broken, "reason": "truncated or corrupt"}]
+    assert m["n_images"] == len(data.splits["test"]) - 1
+    assert broken not in set(_predictions(run)["path"])
+    text = format_metrics(m)
+    assert "left out: 1 images" in text and broken in text
+
+
+def test_an_error_in_scoring_is_not_turned_into_a_fallback(
+    tiny, shared_outputs, tmp_path, monkeypatch
+):
+    """Only the cases that truly leave no threshold (no usable validation images, one class)
+    fall back to 0.5; an error of the project's own code while scoring is raised, not
+    reported as "fallback 0.5" (a blanket ``except ValueError`` used to do that)."""
+    from helpers import evaluate as evaluate_module
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in the scoring code")
+
+    monkeypatch.setattr(evaluate_module, "youden_threshold", bug)
+    run = copytree(tiny.run_dir, tmp_path / "run")
+    with pytest.raises(ValueError, match="a bug in the scoring code"):
+        evaluate_run(run, progress=False, device="cpu", n_resamples=20)
+    before = (tiny.run_dir / "metrics-test.json").read_text()
+    assert (run / "metrics-test.json").read_text() == before  # nothing written
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -171,7 +281,7 @@ def test_threshold_falls_back_to_half_when_training_data_is_gone(tiny, shared_ou
 
 def test_cli_evaluate_prints_the_report(tiny, shared_outputs, tmp_path, capsys):
     run = copytree(tiny.run_dir, tmp_path / "run")
-    assert cli.main(["evaluate", "--run", str(run), "--split", "val"]) == 0
+    assert cli.main(["evaluate", "--run", str(run), "--split", "val", "--resamples", "100"]) == 0
     out = capsys.readouterr().out
     assert "val split" in out and "AUROC" in out
     assert str(run / "metrics-val.json") in out
@@ -257,7 +367,7 @@ def test_cli_export_gives_the_eager_probabilities(tiny, tmp_path, capsys, fmt):
 
 def test_test_time_augmentation_averages_each_image_with_its_mirror(tiny, shared_outputs, tmp_path):
     run = copytree(tiny.run_dir, tmp_path / "run")
-    m = evaluate_run(run, split="test", progress=False, tta=True, device="cpu")
+    m = evaluate_run(run, split="test", progress=False, tta=True, device="cpu", n_resamples=100)
     assert m["tta"] is True and (run / "metrics-test-tta.json").is_file()
     tta = pd.read_csv(run / "predictions-test-tta.csv")
     plain = _predictions(tiny.run_dir)

@@ -72,6 +72,7 @@ def test_pneumonia_is_brighter_in_the_lungs():
     assert np.mean(sick) > np.mean(normal) + 3
 
 
+@pytest.mark.slow
 def test_cli_demo_data_and_scan(tmp_path):
     out = tmp_path / "cli"
     run = subprocess.run(

@@ -441,6 +441,7 @@ def _notebook_04_epoch(model, loader, config, weights, device):
     return loss, val_loss, namespace["optimizer"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen", [False, True])
 def test_notebook_04_epoch_is_the_engines_epoch(frozen, demo_root, session_outputs, monkeypatch):
     """From the same seed and data, the epoch notebook 04 writes out and the engine's
@@ -684,6 +685,7 @@ def _tiny_notebook(folder: Path, name: str, *sources: str) -> None:
     nbformat.write(nb, folder / name)
 
 
+@pytest.mark.slow
 def test_run_notebooks_writes_executed_copies_with_the_settings(demo_root, tmp_path, capsys):
     folder = tmp_path / "nbs"
     folder.mkdir()
@@ -704,6 +706,7 @@ def test_run_notebooks_writes_executed_copies_with_the_settings(demo_root, tmp_p
     assert not list(out.glob(".*.tmp")), "no temporary files left behind"
 
 
+@pytest.mark.slow
 def test_run_notebooks_stops_at_the_failing_cell(demo_root, tmp_path):
     folder = tmp_path / "nbs"
     folder.mkdir()

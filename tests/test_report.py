@@ -11,10 +11,10 @@ from helpers.evaluate import evaluate_run
 
 
 def test_figures_from_an_evaluated_run(
-    quick_run, session_outputs, demo_root, tmp_path, capsys, monkeypatch
+    made_run, session_outputs, demo_root, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
-    run = copytree(quick_run.run_dir, tmp_path / "run")
+    run = copytree(made_run.run_dir, tmp_path / "run")
     evaluate_run(run, progress=False, n_resamples=100)
     out = tmp_path / "figures"
     argv = ["figures", "--eda-data", str(demo_root), "--samples-data", str(demo_root)]

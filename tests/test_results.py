@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from shutil import copytree
 
 import pandas as pd
@@ -11,13 +12,21 @@ from helpers import cli
 from helpers.config import Config
 from helpers.data import test_halves as halves_of
 from helpers.evaluate import evaluate_run
-from helpers.results import END, RULES, START, score_run, train_command, write_results
+from helpers.results import (
+    END,
+    RULES,
+    START,
+    run_section,
+    score_run,
+    train_command,
+    write_results,
+)
 from helpers.runs import RunError
 
 
 @pytest.fixture(scope="module")
-def evaluated(quick_run, session_outputs, tmp_path_factory):
-    run = copytree(quick_run.run_dir, tmp_path_factory.mktemp("results") / "quick-s42")
+def evaluated(made_run, session_outputs, tmp_path_factory):
+    run = copytree(made_run.run_dir, tmp_path_factory.mktemp("results") / "quick-s42")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
         evaluate_run(run, progress=False, n_resamples=100)
@@ -38,12 +47,37 @@ def test_a_run_is_scored_on_the_full_split_and_both_halves(evaluated):
             assert lo <= m["accuracy"] <= hi
     # The full split's accuracy is the image-weighted mean of the halves' accuracies.
     predictions = pd.read_csv(evaluated / "predictions-test.csv")
-    sizes = {k: len(v) for k, v in halves_of(predictions).items()}
+    sizes = predictions["test_half"].value_counts()
     mixed = (
         choose["0.5"]["accuracy"] * sizes["choose"] + report["0.5"]["accuracy"] * sizes["report"]
     )
     assert full["0.5"]["accuracy"] == pytest.approx(mixed / len(predictions))
-    assert score.epochs == 6 and score.seed == 42 and not score.tta
+    assert score.epochs == 1 and score.seed == 42 and not score.tta
+    # The halves are the run's (its manifest's), which test_halves reproduces.
+    assert score.halves == "the run's data manifest"
+    recomputed = halves_of(predictions)
+    assert set(recomputed["choose"]["path"]) == set(
+        predictions.query("test_half == 'choose'")["path"]
+    )
+
+
+def test_a_fallback_threshold_and_an_optimistic_row_are_marked(evaluated, tmp_path):
+    """A validation threshold that fell back to 0.5 is no threshold: "n/a (fallback)", not
+    0.500; the full split at the choose-half threshold is labelled optimistic."""
+    run = copytree(evaluated, tmp_path / "fell-back")
+    metrics = json.loads((run / "metrics-test.json").read_text())
+    metrics["val_threshold"].update(threshold=0.5, source="fallback 0.5: validation images gone")
+    (run / "metrics-test.json").write_text(json.dumps(metrics))
+    fell_back = score_run(run, "DATA", n_resamples=20)
+    assert fell_back.thresholds["validation"] is None
+    assert all(by_rule["validation"] is None for by_rule in fell_back.subsets.values())
+    section = run_section(fell_back)
+    assert section.count("| validation | n/a (fallback) |") == 3
+    assert "| full | choose half (optimistic: threshold fitted on half of these images) |" in (
+        section
+    )
+    normal = run_section(score_run(evaluated, "DATA", n_resamples=20))
+    assert "n/a (fallback)" not in normal and "| full | validation | 0." in normal
 
 
 def test_the_command_reproduces_the_recipe():
@@ -75,8 +109,8 @@ def test_results_are_written_between_the_markers(evaluated, tmp_path, capsys):
         write_results([score_run(evaluated, "DATA", n_resamples=20)], tmp_path / "plain.md")
 
 
-def test_an_unevaluated_run_is_refused(quick_run, tmp_path):
-    run = copytree(quick_run.run_dir, tmp_path / "run")
+def test_an_unevaluated_run_is_refused(made_run, tmp_path):
+    run = copytree(made_run.run_dir, tmp_path / "run")
     for name in run.glob("metrics-*"):
         name.unlink()
     with pytest.raises(RunError, match="helpers evaluate --run"):

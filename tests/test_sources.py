@@ -74,3 +74,16 @@ def test_network_check_gives_up_after_its_timeout(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", slow_connection)
     assert not sources.network_answers("example.org", 443, timeout=0.1)
     assert sources.network_answers("example.org", 443, timeout=3.0)
+
+
+def test_a_relative_dataset_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    """``--data data/x`` names a different folder from another working directory: every
+    location is resolved when it is made."""
+    tiny_layout(tmp_path / "work" / "data" / "chest_xray")
+    monkeypatch.chdir(tmp_path / "work")
+    location = find_dataset("data/chest_xray")
+    assert location.root == tmp_path.resolve() / "work" / "data" / "chest_xray"
+    monkeypatch.setenv("PNEUMONIA_DATA_DIR", "./data/../data/chest_xray")
+    assert find_dataset().root == location.root
+    monkeypatch.chdir(tmp_path)
+    assert scan(location.root).images.shape[0] == 6

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from shutil import copytree
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,12 +14,14 @@ import pytest
 import torch
 import torchvision
 
+from helpers import cli, runs
 from helpers import model as model_module
-from helpers import runs
 from helpers.config import Config
+from helpers.data import DatasetError
 from helpers.evaluate import evaluate_run
 from helpers.loader import BatchLoader, prepare_data
-from helpers.recipe import make_optimizer
+from helpers.manifest import manifest_fingerprint, read_manifest, write_manifest
+from helpers.recipe import EarlyStopping, make_optimizer
 from helpers.runs import (
     HISTORY_COLUMNS,
     RunError,
@@ -42,6 +45,7 @@ def _balanced_accuracy(model, data, split="val"):
     return float(np.mean([(pred[y == c] == c).mean() for c in (0, 1)]))
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_run_folder(quick_run):
     run = quick_run.run_dir
     for name in ("config.json", "history.csv", "best.pt", "last.pt"):
@@ -53,18 +57,25 @@ def test_quick_run_writes_the_run_folder(quick_run):
     saved = json.loads((run / "config.json").read_text())
     assert saved["config"]["image_size"] == QUICK.image_size
     assert saved["weights_used"] == "none" and saved["data"]["is_demo"] is True
-    assert (
-        len(saved["data"]["fingerprint"]) == 16 and saved["versions"]["torch"] == torch.__version__
-    )
+    manifest = read_manifest(run)
+    assert saved["data"]["fingerprint"] == manifest_fingerprint(manifest)
+    assert saved["versions"]["torch"] == torch.__version__
+    counts = manifest["split"].value_counts().to_dict()
+    assert counts == saved["data"]["counts"]
+    assert list(manifest["path"]) == quick_run.data.cache.paths  # what was trained on
     best = load_checkpoint(run / "best.pt")
     assert best["epoch"] == quick_run.best_epoch
     assert quick_run.best_val_loss == pytest.approx(history.val_loss.min())
+    last = load_checkpoint(run / "last.pt")
+    assert last["best"]["epoch"] == best["epoch"] and len(last["history"]) == QUICK.epochs
 
 
+@pytest.mark.slow
 def test_quick_run_learns_the_demo_signal(quick_run):
     assert _balanced_accuracy(quick_run.model, quick_run.data) >= 0.75
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_restored(quick_run):
     reloaded, config, state = load_model_from_run(quick_run.run_dir)
     assert config == QUICK and state["weights_used"] == "none"
@@ -72,6 +83,7 @@ def test_best_checkpoint_is_restored(quick_run):
         assert torch.equal(tensor.cpu(), reloaded.state_dict()[name]), name
 
 
+@pytest.mark.slow
 def test_warm_restart_schedule_in_history(quick_run):
     """The engine logs the rate each epoch used: a warm restart after epoch 5 (T_0=5)."""
     lr = quick_run.history.lr_head.to_numpy()
@@ -82,23 +94,6 @@ def test_warm_restart_schedule_in_history(quick_run):
     t = np.arange(5)
     expected = QUICK.eta_min + (QUICK.scratch_lr - QUICK.eta_min) * (1 + np.cos(np.pi * t / 5)) / 2
     np.testing.assert_allclose(lr[:5], expected, rtol=1e-6)
-
-
-def test_schedule_restarts_at_epochs_6_16_and_36():
-    """T_0=5, T_mult=2, stepped once per epoch: cycles of 5, 10 and 20 epochs. The lowest head
-    rates (last epoch of each cycle) stay far above eta_min: about 9.5e-4, 2.5e-4, 6.2e-5."""
-    from helpers.model import PneumoniaNet
-
-    optimizer, scheduler = make_optimizer(PneumoniaNet(frozen=True), Config())
-    lr = []
-    for _ in range(36):
-        lr.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    epochs = [i + 1 for i in range(1, 36) if lr[i] > lr[i - 1]]
-    assert epochs == [6, 16, 36]
-    lows = [lr[4], lr[14], lr[34]]  # epochs 5, 15 and 35
-    np.testing.assert_allclose(lows, [9.55e-4, 2.45e-4, 6.16e-5], rtol=0.01)
 
 
 @pytest.fixture
@@ -153,10 +148,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(outputs, demo_root, 
     """
     config = TINY.replace(ema_decay=0.9, label_smoothing=0.1)
     straight = train(config, tmp_path / "straight", demo_root, progress=False)
-    train(config, tmp_path / "cut", demo_root, progress=False, stop_after=1)
+    # The interrupted run was started for fewer epochs and is extended when resumed.
+    shorter = config.replace(epochs=config.epochs - 1)
+    train(shorter, tmp_path / "cut", demo_root, progress=False, stop_after=1)
     assert len(read_history(tmp_path / "cut")) == 1
     (tmp_path / "cut" / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
-    resumed = train(config, tmp_path / "cut", demo_root, progress=False, resume=True)
+    resumed = train(config, tmp_path / "cut", progress=False, resume=True)  # its own manifest
     a = straight.history.drop(columns="seconds")
     b = resumed.history.drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -186,12 +183,34 @@ def test_resume_restores_the_cuda_generators_too(monkeypatch):
     assert restored == [saved_states]
 
 
-def test_resume_refuses_a_different_recipe(quick_run, demo_root, outputs, tmp_path):
+@pytest.mark.slow
+def test_resume_refuses_a_different_recipe_or_other_data(quick_run, demo_root, outputs, tmp_path):
+    """Resuming compares the fields that change the model and the data's fingerprint; more
+    epochs and another evaluation batch size are allowed; changed images are refused by name,
+    moved ones are found by relative path."""
     run_dir = copytree(quick_run.run_dir, tmp_path / "run")
-    with pytest.raises(RunError, match="different config.*epochs"):
-        train(QUICK.replace(epochs=8), run_dir, demo_root, progress=False, resume=True)
-    with pytest.raises(RunError, match="image_size"):
-        train(QUICK.replace(image_size=32), run_dir, demo_root, progress=False, resume=True)
+    with pytest.raises(RunError, match="different config.*image_size"):
+        train(QUICK.replace(image_size=32), run_dir, progress=False, resume=True)
+    with pytest.raises(RunError, match="different config.*augment"):
+        train(QUICK.replace(augment="robust"), run_dir, progress=False, resume=True)
+    with pytest.raises(RunError, match="already trained 6 epochs"):
+        train(QUICK.replace(epochs=4), run_dir, progress=False, resume=True)
+    done = train(QUICK.replace(eval_batch_size=7), run_dir, progress=False, resume=True)
+    assert len(done.history) == QUICK.epochs  # nothing left to train, nothing refused
+
+    moved = copytree(demo_root, tmp_path / "moved")
+    again = train(QUICK, run_dir, moved, progress=False, resume=True)
+    assert again.data.splits["train"]["path"].iloc[0].startswith(str(moved.resolve()))
+    val = read_manifest(run_dir).query("split == 'val'")["relpath"].iloc[0]
+    (moved / val).write_bytes((moved / val).read_bytes() + b"\0")  # other bytes, same name
+    with pytest.raises(DatasetError, match=f"{moved / val}: not the image this run used"):
+        train(QUICK, run_dir, moved, progress=False, resume=True)
+    # A manifest whose fingerprint is not the one last.pt recorded: other data.
+    manifest = read_manifest(run_dir)
+    manifest.loc[0, "patient"] = "someone-else"
+    write_manifest(run_dir, manifest)
+    with pytest.raises(RunError, match="trained on other data"):
+        train(QUICK, run_dir, progress=False, resume=True)
 
 
 @pytest.mark.slow
@@ -228,10 +247,122 @@ def test_train_takes_class_weights_or_a_criterion(outputs, demo_root, tmp_path):
         train(config, tmp_path / "x", demo_root, weights={"NORMAL": 1.0})
 
 
-def test_epoch_without_clipping(quick_run):
+@pytest.mark.slow
+def test_a_kill_between_last_and_best_leaves_files_that_agree(
+    outputs, demo_root, tmp_path, monkeypatch
+):
+    """``last.pt`` is written before ``best.pt`` and holds the best weights: killed between the
+    two, the run's best.pt is an epoch its history has, and a resume rewrites it."""
+    from helpers import train as train_module
+
+    config = TINY.replace(epochs=2, patience=5)
+    straight = train(config, tmp_path / "straight", demo_root, progress=False)
+    assert straight.best_epoch == 2, "the kill below must hit an improving epoch"
+    real_save = train_module.save_checkpoint
+
+    def killed_at_best_of_epoch_2(path, state):
+        if path.name == "best.pt" and state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_at_best_of_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", demo_root, progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    cut = tmp_path / "cut"
+    assert load_checkpoint(cut / "best.pt")["epoch"] in set(read_history(cut)["epoch"])
+    assert load_checkpoint(cut / "last.pt")["best"]["epoch"] == 2
+    resumed = train(config, cut, progress=False, resume=True)
+    assert resumed.best_epoch == 2 and load_checkpoint(cut / "best.pt")["epoch"] == 2
+    expected = load_checkpoint(straight.run_dir / "best.pt")["model"]
+    for name, tensor in load_checkpoint(cut / "best.pt")["model"].items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_cpu_run_resumes_on_a_gpu(made_run, tmp_path, monkeypatch):
+    """A CPU run saves its disabled loss scaler as ``{}``; resumed where CUDA is available (a
+    Colab runtime switched from CPU to GPU: faked here) the scaler is enabled, and loading
+    ``{}`` into it would raise "The source state dict is empty". The empty state is skipped."""
+    from helpers import train as train_module
+    from helpers.train import start_training
+
+    weights = {"NORMAL": 2.0, "PNEUMONIA": 0.7}
+    cpu = torch.device("cpu")
+    on_cpu = start_training(made_run.config, weights, cpu)
+    assert on_cpu.scaler.state_dict() == {}
+    row = dict.fromkeys(HISTORY_COLUMNS, 0.0) | {"epoch": 1}
+    train_module._save_last(tmp_path, made_run.config, 1, on_cpu, [row], None, "data")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = start_training(made_run.config, weights, cpu)
+    on_gpu.scaler = torch.amp.GradScaler("cuda", enabled=True)  # as on a CUDA device
+    assert on_gpu.scaler.is_enabled()
+    history, best = train_module._restore(tmp_path, made_run.config, cpu, on_gpu, "data")
+    assert [r["epoch"] for r in history] == [1] and best is None
+    assert on_gpu.scaler.is_enabled() and on_gpu.scaler.get_scale() == 65536.0  # fresh
+    for name, tensor in on_cpu.model.state_dict().items():
+        assert torch.equal(on_gpu.model.state_dict()[name], tensor), name
+
+
+def test_validation_loss_does_not_depend_on_the_batch_size():
+    """With class weights, each batch's cross-entropy is a mean over the sum of its weights;
+    the epoch's loss is sum of weighted losses / sum of weights, the same for any batching
+    and equal to the loss over all images at once."""
+    torch.manual_seed(0)
+    x, y = torch.randn(200, 5), (torch.rand(200) < 0.7).long()
+    model = torch.nn.Linear(5, 2)
+    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.94, 0.67]), label_smoothing=0.1)
+    with torch.no_grad():
+        exact = float(criterion(model(x), y))
+    cpu = torch.device("cpu")
+    for batch in (16, 64, 128, 7):
+        batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, 200, batch)]
+        assert run_epoch(model, batches, criterion, cpu).loss == pytest.approx(exact, rel=1e-6)
+    unweighted = torch.nn.CrossEntropyLoss()
+    with torch.no_grad():
+        plain = float(unweighted(model(x), y))
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 200, 64)]
+    assert run_epoch(model, batches, unweighted, cpu).loss == pytest.approx(plain, rel=1e-6)
+
+
+def test_early_stopping_waits_patience_epochs_after_the_best():
+    stopper = EarlyStopping(patience=3)
+    losses = [1.0, 0.8, 0.85, 0.8, 0.79, 0.9, 0.95, 0.81]
+    improved = [stopper.step(loss, epoch) for epoch, loss in enumerate(losses, start=1)]
+    assert improved == [True, True, False, False, True, False, False, False]
+    assert stopper.should_stop and stopper.best_epoch == 5 and stopper.best_loss == 0.79
+    again = EarlyStopping(patience=3)
+    again.load_state_dict(stopper.state_dict())
+    assert again.should_stop and again.best_epoch == 5
+
+
+def test_train_stops_early_and_keeps_the_best_epoch(made_run, tmp_path, monkeypatch):
+    """The loop ends ``patience`` epochs after the best validation loss and returns the best
+    epoch's weights (epochs faked: each returns a set validation loss, nothing is trained)."""
+    from helpers import train as train_module
+
+    losses = iter([0.9, 0.7, 0.8, 0.75, 0.72, 0.71, 0.5])
+
+    def fake_epoch(run, fast, train_loader, val_loader, epoch, config, device, progress):
+        with torch.no_grad():
+            next(run.model.parameters()).add_(1.0)  # each epoch's weights differ
+        row = dict.fromkeys(HISTORY_COLUMNS, 0.0)
+        return row | {"epoch": epoch + 1, "val_loss": next(losses)}
+
+    monkeypatch.setattr(train_module, "_epoch", fake_epoch)
+    config = made_run.config.replace(patience=4, epochs=20)
+    result = train(config, tmp_path / "run", prepared=made_run.data, progress=False)
+    assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert result.stopped_early and result.best_epoch == 2
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["epoch"] == 2
+    first = next(iter(best["model"]))
+    assert torch.equal(result.model.state_dict()[first], best["model"][first])
+
+
+def test_epoch_without_clipping(made_run):
     """``grad_clip=None`` trains without clipping (it used to crash)."""
-    model, config, _ = load_model_from_run(quick_run.run_dir)
-    data = quick_run.data
+    model, config, _ = load_model_from_run(made_run.run_dir)
+    data = made_run.data
     indices, targets = data.rows("train")
     loader = BatchLoader(
         data.cache, indices[:32], targets[:32], 16, shuffle=True, augment=False, seed=0
@@ -263,6 +394,7 @@ def test_prepare_data_skips_unreadable_files(outputs, tmp_path):
     data = prepare_data(QUICK.replace(val_split=0.25), root, progress=False)
     assert len(data.scanned.problems) == 1
     assert all("broken" not in p for p in data.splits["train"].path)
+    assert len(data.manifest) == 60 and not data.manifest["path"].str.contains("broken").any()
 
 
 @pytest.mark.slow
@@ -271,7 +403,7 @@ def test_cli_quick_train(outputs, demo_root, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "helpers", "train", "--data", str(demo_root), "--out",
          str(tmp_path / "cli"), "--quick", "--epochs", "1", "--pretrained", "none",
-         "--image-size", "32"],
+         "--image-size", "32", "--demo"],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
@@ -287,3 +419,45 @@ def test_cli_quick_train(outputs, demo_root, tmp_path):
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert bad.returncode == 2 and "no such folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_train_ignores_the_notebooks_switch_and_prints_its_recipe(
+    demo_root, tmp_path, monkeypatch, capsys
+):
+    """A leftover ``PNEUMONIA_QUICK=1`` (the notebooks' switch) does not turn ``train`` into a
+    quick run: only ``--quick`` does, and the recipe is printed before anything starts."""
+    from helpers import train as train_module
+
+    trained = []
+
+    def record(config, run_dir, *args, **kwargs):
+        trained.append(config)
+        return SimpleNamespace(history=pd.DataFrame(), run_dir=run_dir)
+
+    monkeypatch.setattr(train_module, "train", record)
+    monkeypatch.setenv("PNEUMONIA_QUICK", "1")
+    argv = ["train", "--data", str(demo_root), "--out", str(tmp_path / "r"), "--demo"]
+    cli.main([*argv, "--pretrained", "none"])
+    out = capsys.readouterr().out
+    assert trained[0] == Config().for_weights("none") and not trained[0].quick
+    assert "PNEUMONIA_QUICK is set" in out and "recipe: full, 256 px, weights none" in out
+    cli.main([*argv, "--pretrained", "none", "--quick"])
+    assert trained[1] == Config().for_weights("none").quick_mode()
+    assert "recipe: quick, 64 px" in capsys.readouterr().out
+
+
+def test_cli_train_refuses_the_synthetic_demo_without_demo(demo_root, tmp_path, capsys):
+    """Trained on the demo dataset only when asked: found by the search or given with
+    ``--data``, it is refused without ``--demo`` before anything is written."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(demo_root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "SYNTHETIC demo" in err and "--demo" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_train_names_a_bad_setting(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "r"), "--pretrained", "none", "--image-size", "16"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Config.image_size=16" in err and ">= 32" in err and not (tmp_path / "r").exists()
