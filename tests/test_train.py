@@ -213,6 +213,18 @@ def test_resume_refuses_a_different_recipe_or_other_data(quick_run, demo_root, o
         train(QUICK, run_dir, progress=False, resume=True)
 
 
+KILLED = TINY.replace(epochs=2, patience=5)
+
+
+@pytest.fixture(scope="module")
+def straight_two_epochs(demo_root, session_outputs, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMONIA_OUTPUTS", str(session_outputs))
+        run = train(KILLED, tmp_path_factory.mktemp("straight") / "run", demo_root, progress=False)
+    assert run.best_epoch == 2, "the kills below must hit an improving epoch"
+    return run
+
+
 @pytest.mark.slow
 def test_train_takes_class_weights_or_a_criterion(outputs, demo_root, tmp_path):
     """The loss ``train()`` uses is the one it is given: equal class weights give another run
@@ -248,33 +260,39 @@ def test_train_takes_class_weights_or_a_criterion(outputs, demo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_kill_between_last_and_best_leaves_files_that_agree(
-    outputs, demo_root, tmp_path, monkeypatch
+@pytest.mark.parametrize("killed_writing", ["history.csv", "last.pt", "best.pt"])
+def test_a_kill_between_the_epoch_files_leaves_files_that_agree(
+    killed_writing, straight_two_epochs, outputs, demo_root, tmp_path, monkeypatch
 ):
-    """``last.pt`` is written before ``best.pt`` and holds the best weights: killed between the
-    two, the run's best.pt is an epoch its history has, and a resume rewrites it."""
+    """Killed while writing any of epoch 2's files (which improves on epoch 1): ``best.pt``
+    is always an epoch that ``history.csv`` has (it used to be written first, so a kill
+    after it left a best epoch the history lacked), and a resume ends with the uninterrupted
+    run's ``best.pt``: ``last.pt`` holds the best weights and rewrites it."""
     from helpers import train as train_module
 
-    config = TINY.replace(epochs=2, patience=5)
-    straight = train(config, tmp_path / "straight", demo_root, progress=False)
-    assert straight.best_epoch == 2, "the kill below must hit an improving epoch"
-    real_save = train_module.save_checkpoint
+    real_save, real_history = train_module.save_checkpoint, train_module.write_history
 
-    def killed_at_best_of_epoch_2(path, state):
-        if path.name == "best.pt" and state["epoch"] == 2:
+    def save(path, state):
+        if path.name == killed_writing and state["epoch"] == 2:
             raise KeyboardInterrupt
         real_save(path, state)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", killed_at_best_of_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "cut", demo_root, progress=False)
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    def history(path, rows):
+        if path.name == killed_writing and len(rows) == 2:
+            raise KeyboardInterrupt
+        real_history(path, rows)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    monkeypatch.setattr(train_module, "write_history", history)
     cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(KILLED, cut, demo_root, progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_module, "write_history", real_history)
     assert load_checkpoint(cut / "best.pt")["epoch"] in set(read_history(cut)["epoch"])
-    assert load_checkpoint(cut / "last.pt")["best"]["epoch"] == 2
-    resumed = train(config, cut, progress=False, resume=True)
+    resumed = train(KILLED, cut, progress=False, resume=True)
     assert resumed.best_epoch == 2 and load_checkpoint(cut / "best.pt")["epoch"] == 2
-    expected = load_checkpoint(straight.run_dir / "best.pt")["model"]
+    expected = load_checkpoint(straight_two_epochs.run_dir / "best.pt")["model"]
     for name, tensor in load_checkpoint(cut / "best.pt")["model"].items():
         assert torch.equal(tensor, expected[name]), name
 
