@@ -193,6 +193,8 @@ def test_evaluate_from_another_folder_after_the_data_moved(made_run, shared_outp
     train_from = tmp_path / "work"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(train_from)
+        Path("run").mkdir()  # the input check's statistics, as made_run measured them
+        shutil.copy(made_run.run_dir / "input-stats.json", "run")
         started = train(made_run.config, "run", "demo", progress=False, stop_after=0)
     run = started.run_dir if started.run_dir.is_absolute() else train_from / started.run_dir
     shutil.copy(made_run.run_dir / "best.pt", run / "best.pt")

@@ -11,7 +11,7 @@ import pytest
 from layouts import jpeg, tiny_layout
 from PIL import Image
 
-from helpers import data
+from helpers import cli, data
 from helpers.config import CLASSES, Config
 from helpers.data import (
     DatasetError,
@@ -268,3 +268,15 @@ def test_make_holdout_links_a_patient_disjoint_test_split(tmp_path, demo_root):
     assert all(p.is_symlink() for p in links)
     with pytest.raises(FileExistsError, match="choose a new folder"):
         make_holdout(demo_root, tmp_path / "holdout")
+
+
+def test_cli_holdout_and_demo_data_errors_are_one_line(demo_root, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    assert cli.main(["holdout", str(demo_root), str(tmp_path / "taken")]) == 2
+    assert cli.main(["holdout", str(tmp_path / "nowhere"), str(tmp_path / "new")]) == 2
+    real = tiny_layout(tmp_path / "real" / "chest_xray")
+    assert cli.main(["demo-data", str(real.parent), "--images", "20"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert "choose a new folder" in err[0] and "no such folder" in err[1]
+    assert "not a demo dataset" in err[2]

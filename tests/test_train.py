@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from shutil import copytree
@@ -368,6 +369,8 @@ def test_train_stops_early_and_keeps_the_best_epoch(made_run, tmp_path, monkeypa
 
     monkeypatch.setattr(train_module, "_epoch", fake_epoch)
     config = made_run.config.replace(patience=4, epochs=20)
+    (tmp_path / "run").mkdir()  # the input check's statistics, as made_run measured them
+    shutil.copy(made_run.run_dir / "input-stats.json", tmp_path / "run")
     result = train(config, tmp_path / "run", prepared=made_run.data, progress=False)
     assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert result.stopped_early and result.best_epoch == 2
@@ -479,3 +482,20 @@ def test_cli_train_names_a_bad_setting(tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "Config.image_size=16" in err and ">= 32" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(
+    outputs, demo_root, tmp_path, monkeypatch
+):
+    """Trained with ``--data demo`` (relative) in one folder, evaluated from another: the run
+    folder recorded where its data is, so the validation threshold is found, not 0.5."""
+    shutil.copytree(demo_root, tmp_path / "work" / "demo")
+    monkeypatch.chdir(tmp_path / "work")
+    assert cli.main(["train", "--data", "demo", "--out", "run", "--quick", "--epochs", "1",
+                     "--pretrained", "none", "--image-size", "32", "--demo"]) == 0  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    metrics = evaluate_run(tmp_path / "work" / "run", progress=False, n_resamples=20)
+    assert not metrics["val_threshold"]["source"].startswith("fallback")
+    assert metrics["data_root"] == str((tmp_path / "work" / "demo").resolve())
