@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.config import Config, outputs_dir
+from helpers.config import Config, ConfigError, outputs_dir
 from helpers.data import make_splits, scan
 from helpers.files import atomic_write_bytes, atomic_write_text
 from helpers.manifest import MANIFEST_NAME, make_manifest, write_manifest
@@ -110,7 +110,7 @@ def load_model_from_run(
 ) -> tuple[PneumoniaNet, Config, dict[str, Any]]:
     """The trained model of a run folder, in eval mode, with its config and checkpoint."""
     state = load_checkpoint(Path(run) / checkpoint, map_location=device)
-    config = Config.from_dict(state["config"])
+    config = recorded_config(state, Path(run) / checkpoint)
     model = PneumoniaNet(
         dropout=config.dropout, frozen=state["frozen"], trainable_blocks=config.trainable_blocks
     )
@@ -131,13 +131,22 @@ the quick-mode label (quick mode's values are compared field by field). Every ot
 changes the model a run trains, so a different value is refused."""
 
 
+def recorded_config(state: dict[str, Any], path: Path) -> Config:
+    """The recipe a checkpoint recorded, or :class:`RunError` naming the file when this version
+    cannot run it (an option since removed, such as ``intensity="clahe"``)."""
+    try:
+        return Config.from_dict(state["config"])
+    except ConfigError as err:
+        raise RunError(f"{path}: made with a recipe this version cannot run ({err})") from err
+
+
 def check_compatible(
     state: dict[str, Any], config: Config, path: Path, data_fingerprint: str | None = None
 ) -> None:
     """Refuse to resume a run made with a different recipe or on other data (the history
     would be meaningless): every field but :data:`RESUME_MAY_CHANGE` must be equal, ``epochs``
     may only grow, and ``data_fingerprint`` (the manifest's) must be the one recorded."""
-    saved = Config.from_dict(state["config"]).to_dict()
+    saved = recorded_config(state, path).to_dict()
     changed = [
         k for k, v in config.to_dict().items() if k not in RESUME_MAY_CHANGE and saved[k] != v
     ]

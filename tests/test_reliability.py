@@ -106,3 +106,15 @@ def test_cli_evaluate_with_a_foreign_checkpoint(tmp_path, capsys):
     code = cli.main(["evaluate", "--run", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "resnet50" in err and str(tmp_path) in err
+
+
+def test_a_run_made_with_a_removed_option_is_named(made_run, tmp_path, capsys):
+    """A run trained with ``--intensity clahe`` (an option since removed) is refused by name,
+    as one line, not with a traceback."""
+    state = torch.load(made_run.run_dir / "best.pt", weights_only=True)
+    state["config"]["intensity"] = "clahe"
+    save_checkpoint(tmp_path / "best.pt", state)
+    assert cli.main(["predict", "--run", str(tmp_path), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'best.pt'}: made with a recipe this version cannot")
+    assert "intensity='clahe'" in err and len(err.splitlines()) == 1
