@@ -156,7 +156,10 @@ class BatchLoader:
     so a resumed run calling ``set_epoch(k)`` sees exactly the batches of the original run.
     With ``shuffle=True`` rows inside each batch are read in ascending cache order (faster;
     the batch's members are unchanged); with ``shuffle=False`` batches follow ``indices``
-    exactly, so predictions line up with ``indices``. The last batch may be smaller.
+    exactly, so predictions line up with ``indices``. The last batch may be smaller; a shuffled
+    epoch whose last batch would hold a single image leaves that image out (another one each
+    epoch), because BatchNorm cannot train on a batch of one (it raised "Expected more than 1
+    value per channel" in quick mode on the real data, 401 training images in batches of 16).
 
     Indices whose image failed to decode are refused (filter them with ``cache.ok``). On CUDA
     the uint8 batch is gathered into pinned memory, copied non-blocking, and augmented and
@@ -205,7 +208,13 @@ class BatchLoader:
         self._epoch = 0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.indices) / self.batch_size)
+        batches = math.ceil(len(self.indices) / self.batch_size)
+        return batches - 1 if self._drops_a_single_image() else batches
+
+    def _drops_a_single_image(self) -> bool:
+        """Whether a shuffled epoch leaves out its last batch, a single image."""
+        n = len(self.indices)
+        return self.shuffle and n > 1 and n % self.batch_size == 1
 
     @property
     def epoch(self) -> int:
@@ -228,8 +237,9 @@ class BatchLoader:
         n = len(self.indices)
         order = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
         cuda = self.device.type == "cuda"
-        for start in range(0, n, self.batch_size):
-            pos = order[start : start + self.batch_size]
+        end = n - 1 if self._drops_a_single_image() else n
+        for start in range(0, end, self.batch_size):
+            pos = order[start : min(start + self.batch_size, end)]
             if self.shuffle:
                 pos = pos[np.argsort(self.indices[pos], kind="stable")]
             x = self.cache.batch(self.indices[pos], pin_memory=cuda)

@@ -531,6 +531,28 @@ def test_batch_loader_batches_and_coverage(small_cache):
     assert seen == rows
 
 
+def test_a_training_epoch_never_ends_with_a_batch_of_one(small_cache):
+    """BatchNorm cannot train on one image: a shuffled epoch of 13 images in batches of 6
+    leaves out one image (another each epoch) instead of ending with a batch of one; an
+    unshuffled pass (evaluation) keeps every image."""
+    rows = list(range(13))
+    loader = BatchLoader(small_cache, rows, rows, 6, shuffle=True, augment=False, seed=1)
+    assert len(loader) == 2
+    left_out = set()
+    for _ in range(3):
+        batches = [y.tolist() for _, y in loader]
+        assert [len(b) for b in batches] == [6, 6]
+        left_out |= set(rows) - {r for b in batches for r in b}
+    assert len(left_out) > 1  # not always the same image
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.BatchNorm2d(4))  # fmt: skip
+    model.train()
+    for x, _ in loader:
+        model(x)  # a batch of one raised "Expected more than 1 value per channel"
+    plain = BatchLoader(small_cache, rows, rows, 6, shuffle=False, augment=False, seed=1)
+    assert len(plain) == 3 and [len(y) for _, y in plain] == [6, 6, 1]
+
+
 def test_batch_loader_epochs_reproducible(small_cache):
     rows = list(range(23))
     make = lambda: BatchLoader(small_cache, rows, rows, 5, shuffle=True, augment=True, seed=7)  # noqa: E731
