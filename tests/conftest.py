@@ -43,6 +43,16 @@ def outputs(session_outputs, monkeypatch) -> Path:
     return session_outputs
 
 
+def pytest_configure(config) -> None:
+    """Give torch the cores that are idle when the session starts, as the command line does
+    (:func:`helpers.cpu.use_idle_cores`, an explicit call since nothing happens on import):
+    on a busy 2-core machine torch's default of one thread per core made the fast tests take
+    about twice as long (a thread waiting for a core holds up every parallel operation)."""
+    from helpers.cpu import use_idle_cores
+
+    use_idle_cores()
+
+
 @dataclass
 class MadeRun:
     """A run folder written as :func:`helpers.train.train` writes it, made without training."""
