@@ -6,7 +6,7 @@
 #   3. one real run of the from-scratch recipe at 256 px on the real data, stopped after
 #      TRAIN_LIMIT seconds if it has not finished by then (its history then gives the
 #      seconds per epoch to extrapolate from), and `evaluate` on the official test split.
-# Everything is printed and written under OUT: gpu-check.log, the run's history.csv,
+# Everything is printed and written under OUT: gpu-check.log, the run's history.csv, predictions-test.csv (for `results`),
 # config.json, manifest.csv (its images), metrics-test.json and best.pt. The script stops at the first step that fails
 # (set -e), and every model it scores is appended to OUT/scored.tsv (time, commit, seed, size,
 # device, epochs, metrics), so a run that is scored is logged even when a later step fails:
@@ -62,7 +62,7 @@ fi
     # 124 (the time limit) leaves a usable best.pt; any other failure stops the script here
     [ "$status" -eq 0 ] || [ "$status" -eq 124 ] || exit "$status"
     "$PY" -m helpers evaluate --run "$RUN" --device "$DEVICE"
-    cp "$RUN"/history.csv "$RUN"/config.json "$RUN"/manifest.csv "$RUN"/metrics-test.json "$RUN"/best.pt "$OUT"/
+    cp "$RUN"/history.csv "$RUN"/config.json "$RUN"/manifest.csv "$RUN"/metrics-test.json "$RUN"/predictions-test.csv "$RUN"/best.pt "$OUT"/
     "$PY" - "$RUN" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$DEVICE" >> "$OUT/scored.tsv" <<'PY'
 import json, sys, time
 from pathlib import Path
