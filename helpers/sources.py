@@ -153,7 +153,11 @@ def download_with_kagglehub() -> Path:
 
 
 def find_dataset(
-    path: str | Path | None = None, *, download: bool = True, demo_images: int = 600
+    path: str | Path | None = None,
+    *,
+    download: bool = True,
+    demo: bool = True,
+    demo_images: int = 600,
 ) -> DatasetLocation:
     """Find the dataset, in this order, and say where it came from.
 
@@ -163,7 +167,9 @@ def find_dataset(
     4. ``kagglehub`` download, when it is installed and kaggle.com answers (checked with a
        3-second connection attempt, so offline machines never hang).
     5. Otherwise the synthetic demo dataset, generated once under ``outputs/demo-data``, with
-       a loud message: results on it are not medical results.
+       a loud message: results on it are not medical results. With ``demo=False`` (the
+       command line's ``train`` without ``--demo``) a :class:`DatasetError` instead, before
+       anything is generated.
     """
     explicit = [(path, "argument"), (os.environ.get("PNEUMONIA_DATA_DIR") or None, "env")]
     for candidate, source in explicit:
@@ -179,6 +185,12 @@ def find_dataset(
         return DatasetLocation(kaggle, "kaggle-input")
     if download and _kagglehub_available() and network_answers():
         return DatasetLocation(download_with_kagglehub(), "kagglehub")
+    if not demo:  # the command line's train: no synthetic data unless asked for
+        raise DatasetError(
+            "the real dataset was not found (no --data, PNEUMONIA_DATA_DIR, data/chest_xray, "
+            "Kaggle input or kagglehub download): see data/README.md, or give --demo to train "
+            "on the SYNTHETIC demo dataset"
+        )
     from helpers.demo import make_demo_dataset
 
     root = make_demo_dataset(outputs_dir() / "demo-data", n_images=demo_images)

@@ -477,6 +477,24 @@ def test_cli_train_refuses_the_synthetic_demo_without_demo(demo_root, tmp_path, 
     assert not out.exists()
 
 
+def test_cli_train_without_data_refuses_before_generating_the_demo(monkeypatch, tmp_path, capsys):
+    """With no dataset anywhere, ``train`` without ``--demo`` stops in one line naming
+    ``--demo``, before the synthetic dataset is generated or its banner printed."""
+    from helpers import sources
+
+    monkeypatch.delenv("PNEUMONIA_DATA_DIR", raising=False)
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setattr(sources, "project_root", lambda: tmp_path / "checkout")
+    monkeypatch.setattr(sources, "_kaggle_input_dataset", lambda: None)
+    monkeypatch.setattr(sources, "_kagglehub_available", lambda: False)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--out", str(out), "--pretrained", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "real dataset was not found" in err and "--demo" in err
+    assert "SYNTHETIC demo dataset in" not in err  # no banner: nothing was generated
+    assert not (tmp_path / "outputs" / "demo-data").exists() and not out.exists()
+
+
 def test_cli_train_names_a_bad_setting(tmp_path, capsys):
     argv = ["train", "--out", str(tmp_path / "r"), "--pretrained", "none", "--image-size", "16"]
     assert cli.main(argv) == 2
