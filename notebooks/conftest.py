@@ -6,7 +6,8 @@ No option is needed: a bare ``pytest`` collects ``notebooks/*.ipynb`` through th
 Quick mode is the default here (``PNEUMONIA_QUICK=1`` unless the environment already says
 otherwise), and each notebook runs as on a fresh Colab machine: its own, empty outputs folder,
 no cache and no trained run. Notebook 01 also finds its data by the usual search (the synthetic
-demo dataset here); the others are given one demo dataset generated once, as a Kaggle notebook
+demo dataset here); the others are given one demo dataset, drawn once and shared with the unit
+tests (the repository's ``conftest.py``), as a Kaggle notebook
 is given its attached dataset. Notebook 06 runs on notebook 05's outputs folder, as a reader
 who goes on in the same session would, and so uses the run notebook 05 trained.
 
@@ -18,7 +19,9 @@ be downloaded, so a stand-in is planted where torchvision's cache keeps them
 a state dict with torchvision's keys and shapes and freshly initialised values. The recipe's
 code runs end to end in quick mode; its numbers mean nothing (the weights are not ImageNet's).
 To keep the pass cheap, 04, 05 and 06 share one outputs folder there: 05 and 06 use the run
-04 trained and its image cache.
+04 trained and its image cache, and the pass fails unless they say so and train nothing (a
+reader going on in one session, or on Colab with ``KEEP_OUTPUTS``: the run is found, not
+trained again).
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class ImagenetNotebookItem(NotebookItem):
             for output in cell.get("outputs", [])
         )
         assert "weights: ImageNet" in printed, "the ImageNet pass did not use ImageNet weights"
+        if Path(self.filename).stem in IMAGENET_SHARES_OUTPUTS_WITH:  # 05, 06: 04's run, reused
+            assert "using the run trained in notebook 04:" in printed, "04's run was not found"
+            assert "training the QUICK recipe now" not in printed, "04's run was trained again"
 
 
 class SeriesFile(NotebookFile):
@@ -93,16 +99,6 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if isinstance(item, NotebookItem):
             item.add_marker("slow")
-
-
-def _demo_data() -> str:
-    """One demo dataset for the session (generated on first use)."""
-    if "data" not in _folders:
-        from helpers.demo import make_demo_dataset
-
-        root = Path(tempfile.mkdtemp(prefix="notebook-demo-"))
-        _folders["data"] = str(make_demo_dataset(root, n_images=600, seed=7))
-    return _folders["data"]
 
 
 def _standin_torch_home() -> str:
@@ -140,7 +136,7 @@ def pytest_runtest_setup(item) -> None:
     settings["PNEUMONIA_OUTPUTS"] = outputs or tempfile.mkdtemp(prefix=f"{name}-outputs-")
     _folders[name] = settings["PNEUMONIA_OUTPUTS"]
     if not name.startswith("01"):
-        settings["PNEUMONIA_DATA_DIR"] = _demo_data()
+        settings["PNEUMONIA_DATA_DIR"] = str(item.config.demo_dataset())  # ../conftest.py
     settings["TORCH_HOME"] = _standin_torch_home() if imagenet else _empty_torch_home()
     for key, value in settings.items():
         _saved[key] = os.environ.get(key)

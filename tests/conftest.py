@@ -22,11 +22,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    """A 600-image demo dataset (Kaggle layout, the notebooks' default), written once."""
-    from helpers.demo import make_demo_dataset
-
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), n_images=600, seed=7)
+def demo_root(pytestconfig) -> Path:
+    """The 600-image demo dataset (Kaggle layout, the notebooks' default), drawn once and
+    shared with the notebook runs (the repository's ``conftest.py``)."""
+    return pytestconfig.demo_dataset()
 
 
 @pytest.fixture(scope="session")

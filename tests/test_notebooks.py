@@ -21,7 +21,6 @@ import tomllib
 import types
 import urllib.error
 from pathlib import Path
-from shutil import copytree
 
 import nbformat
 import numpy as np
@@ -630,23 +629,6 @@ def test_show_run_prints_the_runs_recipe_not_the_default(capsys):
 def test_notebook_04_and_05_share_the_run_folder():
     assert "run_dir = notebook_run_dir()" in cell_defining("04_training.ipynb", "result = train(")
     assert "trained_run(config, location)" in cell_defining("05_evaluation.ipynb", "evaluate_run(")
-
-
-@pytest.mark.slow
-def test_notebook_05_reuses_the_run_of_notebook_04(quick_run, demo_root, tmp_path, monkeypatch):
-    """A run folder where notebook 04 writes it, found by notebook 05 through
-    PNEUMONIA_OUTPUTS (as keep_outputs() arranges on Colab): evaluated, not retrained."""
-    outputs = tmp_path / "kept-outputs"
-    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(outputs))
-    run = copytree(quick_run.run_dir, notebook_run_dir())
-    before = (run / "best.pt").stat().st_mtime_ns
-    executed = run_notebooks(True, demo_root, tmp_path / "executed", only=["05_evaluation.ipynb"])
-    nb = nbformat.read(executed / "05_evaluation.ipynb", as_version=4)
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert f"using the run trained in notebook 04: {run}" in text
-    assert "training the QUICK recipe now" not in text
-    assert (run / "best.pt").stat().st_mtime_ns == before
-    assert (run / "metrics-test.json").is_file()
 
 
 def test_trained_run_trains_a_labelled_quick_run_on_a_cpu(demo_root, monkeypatch, capsys):
