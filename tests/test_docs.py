@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import tomllib
 from pathlib import Path
@@ -33,6 +34,7 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
     assert listed == wanted
 
 
+@functools.cache  # the table names some files dozens of times
 def _test_functions(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     return {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
