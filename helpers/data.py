@@ -324,7 +324,7 @@ def make_splits(images: pd.DataFrame, config: Config) -> dict[str, pd.DataFrame]
     The official ``val/`` folder holds 16 images: too few to stop training on. So the
     official train and val are pooled and ``config.val_split`` of the images is carved out,
     grouped by patient (no patient on both sides) and stratified by class, determined by
-    ``config.seed``. ``test`` is the official test folder, untouched. ``config.subset``
+    ``config.seed``. ``test`` is the official test folder as it is. ``config.subset``
     (quick mode) caps the training set, keeping whole patients.
     """
     from sklearn.model_selection import StratifiedGroupKFold
