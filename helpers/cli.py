@@ -118,14 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume and args.data is None and (args.out / "last.pt").is_file():
             data = None  # the run's own images, where its manifest says they are
         else:
-            location = find_dataset(args.data, demo=args.demo)
-            if location.is_demo and not args.demo:
-                raise CliError(
-                    f"{location.root} is the SYNTHETIC demo dataset (drawn images, not "
-                    "X-rays): give --demo to train on it anyway, or --data with the real "
-                    "dataset (data/README.md)"
-                )
-            data = location.root
+            data = find_dataset(args.data, demo=args.demo)  # found once; its source recorded
         result = train(config, args.out, data, resume=args.resume, device=args.device)
     except (DatasetError, RunError, WeightsUnavailableError, FileExistsError) as err:
         raise CliError(str(err)) from err

@@ -94,11 +94,13 @@ class PreparedData:
 
 
 def prepare_data(
-    config: Config, data_dir: str | Path | None = None, progress: bool = True
+    config: Config, data_dir: str | Path | DatasetLocation | None = None, progress: bool = True
 ) -> PreparedData:
     """Find, scan, split, hash (the manifest) and cache the dataset for ``config`` (the cache
-    is reused when valid). Training writes ``.manifest`` into its run folder."""
-    location = find_dataset(data_dir)
+    is reused when valid). Training writes ``.manifest`` into its run folder. ``data_dir`` may
+    be a :class:`DatasetLocation` already found (then it is used as it is, and its ``source``
+    is what the run records)."""
+    location = data_dir if isinstance(data_dir, DatasetLocation) else find_dataset(data_dir)
     scanned = scan(location.root)
     if len(scanned.problems):
         print(f"skipping {len(scanned.problems)} unusable files (see `python -m helpers scan`)")

@@ -159,7 +159,9 @@ def find_dataset(
     demo: bool = True,
     demo_images: int = 600,
 ) -> DatasetLocation:
-    """Find the dataset, in this order, and say where it came from.
+    """Find the dataset, in this order, and say where it came from. With ``demo=False`` (the
+    command line's ``train`` without ``--demo``) synthetic data is refused: a demo folder
+    found by any route raises :class:`DatasetError`, and nothing is generated.
 
     1. ``path`` (argument), then ``PNEUMONIA_DATA_DIR``: must exist, else an error.
     2. ``data/chest_xray`` in the project.
@@ -167,24 +169,16 @@ def find_dataset(
     4. ``kagglehub`` download, when it is installed and kaggle.com answers (checked with a
        3-second connection attempt, so offline machines never hang).
     5. Otherwise the synthetic demo dataset, generated once under ``outputs/demo-data``, with
-       a loud message: results on it are not medical results. With ``demo=False`` (the
-       command line's ``train`` without ``--demo``) a :class:`DatasetError` instead, before
-       anything is generated.
+       a loud message: results on it are not medical results.
     """
-    explicit = [(path, "argument"), (os.environ.get("PNEUMONIA_DATA_DIR") or None, "env")]
-    for candidate, source in explicit:
-        if candidate is not None:
-            resolve_layout(candidate)  # raises with the reason when unusable
-            root = Path(candidate).expanduser()
-            return DatasetLocation(root, source)
-    local = project_root() / "data" / "chest_xray"
-    if local.is_dir():
-        return DatasetLocation(local, "project")
-    kaggle = _kaggle_input_dataset()
-    if kaggle is not None:
-        return DatasetLocation(kaggle, "kaggle-input")
-    if download and _kagglehub_available() and network_answers():
-        return DatasetLocation(download_with_kagglehub(), "kagglehub")
+    found = _real_dataset(path, download)
+    if found is not None:
+        if not demo and found.is_demo:
+            raise DatasetError(
+                f"{found.root} is the SYNTHETIC demo dataset (drawn images, not X-rays): give "
+                "--demo to train on it anyway, or --data with the real dataset (data/README.md)"
+            )
+        return found
     if not demo:  # the command line's train: no synthetic data unless asked for
         raise DatasetError(
             "the real dataset was not found (no --data, PNEUMONIA_DATA_DIR, data/chest_xray, "
@@ -202,6 +196,24 @@ def find_dataset(
     warnings.warn(message, stacklevel=2)
     print(message, file=sys.stderr)
     return DatasetLocation(root, "demo")
+
+
+def _real_dataset(path: str | Path | None, download: bool) -> DatasetLocation | None:
+    """Steps 1-4 of :func:`find_dataset`: the dataset where it was put, or ``None``."""
+    explicit = [(path, "argument"), (os.environ.get("PNEUMONIA_DATA_DIR") or None, "env")]
+    for candidate, source in explicit:
+        if candidate is not None:
+            resolve_layout(candidate)  # raises with the reason when unusable
+            return DatasetLocation(Path(candidate).expanduser(), source)
+    local = project_root() / "data" / "chest_xray"
+    if local.is_dir():
+        return DatasetLocation(local, "project")
+    kaggle = _kaggle_input_dataset()
+    if kaggle is not None:
+        return DatasetLocation(kaggle, "kaggle-input")
+    if download and _kagglehub_available() and network_answers():
+        return DatasetLocation(download_with_kagglehub(), "kagglehub")
+    return None
 
 
 def is_demo_folder(root: str | Path) -> bool:

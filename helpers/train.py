@@ -62,6 +62,7 @@ from helpers.runs import (
     write_history,
     write_run_config,
 )
+from helpers.sources import DatasetLocation
 
 # --- one epoch --------------------------------------------------------------------------------
 
@@ -221,7 +222,7 @@ def start_training(
 def train(
     config: Config,
     run_dir: str | Path,
-    data_dir: str | Path | None = None,
+    data_dir: str | Path | DatasetLocation | None = None,
     *,
     resume: bool = False,
     device: str | None = None,
@@ -257,10 +258,13 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     resuming = resume and (run_dir / "last.pt").is_file()
+    if resuming:  # the cheap check first: another recipe is refused before any image is read
+        check_compatible(load_checkpoint(run_dir / "last.pt"), config, run_dir / "last.pt")
     if prepared is not None:
         data = prepared
     elif resuming:  # the run's own images, not a new scan and split
-        data = load_run_data(run_dir, config, data_dir, progress=progress)
+        moved = data_dir.root if isinstance(data_dir, DatasetLocation) else data_dir
+        data = load_run_data(run_dir, config, moved, progress=progress)
     else:
         data = prepare_data(config, data_dir, progress=progress)
     train_loader, val_loader = data.loader("train", config, dev), data.loader("val", config, dev)
@@ -274,8 +278,8 @@ def train(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     if resuming:
+        _same_loss_as_before(run_dir, weights)  # refused before anything is restored or written
         history, best = _restore(run_dir, config, dev, run, data.fingerprint())
-        _same_loss_as_before(run_dir, weights)
         _record_resume(run_dir, config, len(history))
     else:
         write_manifest(run_dir, data.manifest)

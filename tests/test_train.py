@@ -185,13 +185,21 @@ def test_resume_restores_the_cuda_generators_too(monkeypatch):
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_different_recipe_or_other_data(quick_run, demo_root, outputs, tmp_path):
+def test_resume_refuses_a_different_recipe_or_other_data(
+    quick_run, demo_root, outputs, tmp_path, monkeypatch
+):
     """Resuming compares the fields that change the model and the data's fingerprint; more
     epochs and another evaluation batch size are allowed; changed images are refused by name,
-    moved ones are found by relative path."""
+    moved ones are found by relative path. Another recipe is refused before any image is read
+    (no cache is built at the new size)."""
     run_dir = copytree(quick_run.run_dir, tmp_path / "run")
-    with pytest.raises(RunError, match="different config.*image_size"):
-        train(QUICK.replace(image_size=32), run_dir, progress=False, resume=True)
+    with monkeypatch.context() as mp:
+        mp.setenv("PNEUMONIA_CACHE", str(tmp_path / "fresh-cache"))
+        with pytest.raises(RunError, match="different config.*image_size"):
+            train(QUICK.replace(image_size=32), run_dir, progress=False, resume=True)
+        assert not (tmp_path / "fresh-cache").exists() or not any(
+            (tmp_path / "fresh-cache").iterdir()
+        )
     with pytest.raises(RunError, match="different config.*augment"):
         train(QUICK.replace(augment="robust"), run_dir, progress=False, resume=True)
     with pytest.raises(RunError, match="already trained 6 epochs"):
@@ -252,8 +260,11 @@ def test_train_takes_class_weights_or_a_criterion(outputs, demo_root, tmp_path):
         criterion=torch.nn.CrossEntropyLoss(),
     )  # fmt: skip
     assert recorded(plain) is None
+    history = weighted.run_dir / "history.csv"
+    written = history.stat().st_mtime_ns
     with pytest.raises(RunError, match="class weights"):
         train(config, weighted.run_dir, demo_root, progress=False, resume=True)
+    assert history.stat().st_mtime_ns == written  # refused before anything was restored
     with pytest.raises(ValueError, match="not both"):
         train(config, tmp_path / "x", demo_root, weights=equal, criterion=criterion)
     with pytest.raises(ValueError, match="one value per class"):
@@ -441,6 +452,18 @@ def test_cli_train_names_a_missing_data_folder(tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "no such folder" in err and "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_cli_train_records_where_its_data_came_from(demo_root, outputs, tmp_path, monkeypatch):
+    """The dataset is found once, and the run records how: here from ``PNEUMONIA_DATA_DIR``
+    ("env"), not the "argument" a second search on the found folder would say."""
+    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(demo_root))
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--quick", "--epochs", "1", "--image-size", "32"]
+    assert cli.main([*argv, "--pretrained", "none", "--demo"]) == 0
+    data = json.loads((out / "config.json").read_text())["data"]
+    assert data["source"] == "env" and data["root"] == str(demo_root.resolve())
 
 
 def test_cli_train_ignores_the_notebooks_switch_and_prints_its_recipe(
