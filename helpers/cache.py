@@ -168,12 +168,14 @@ def _retry_unread(cache: ImageCache, index_path: Path, intensity: str) -> ImageC
     an index written before that flag existed counts every failure as retryable). Rows that
     decode now are written into the array and the index is rewritten atomically; a file with
     bad content stays failed without being decoded again."""
-    retry = [f for f in cache.failed if not f.get("permanent", False)]
+    # A file that is gone stays failed without waiting on it: its fingerprint says "missing",
+    # so if it comes back the cache is a new one anyway.
+    retry = [f for f in cache.failed if not f.get("permanent", False) and os.path.exists(f["path"])]
     if not retry:
         return cache
     index = json.loads(index_path.read_text(encoding="utf-8"))
     array = np.load(cache.path, mmap_mode="r+", allow_pickle=False)
-    failed = [f for f in cache.failed if f.get("permanent", False)]
+    failed = [f for f in cache.failed if f not in retry]
     for entry in retry:
         result = _decode_with_retries(entry["path"], cache.size, intensity)
         if isinstance(result, dict):

@@ -168,7 +168,10 @@ def read_manifest(run_dir: str | Path) -> pd.DataFrame:
             else f"unknown labels {sorted(bad_label)}"
         )
         raise ManifestError(f"{path}: not a data manifest of this project ({problem})")
-    manifest["bytes"] = manifest["bytes"].astype(int)
+    try:
+        manifest["bytes"] = manifest["bytes"].astype(int)
+    except ValueError as err:
+        raise ManifestError(f"{path}: not a data manifest of this project (bytes: {err})") from err
     manifest["target"] = manifest["label"].map(CLASSES.index)
     manifest["kind"] = [
         pneumonia_kind(Path(p).name, label)

@@ -121,6 +121,11 @@ def test_a_missing_or_foreign_manifest_is_named(tmp_path):
     pd.DataFrame([row | {"split": "holdout"}]).to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(ManifestError, match="unknown splits"):
         read_manifest(tmp_path)
+    pd.DataFrame([row | {"split": "train", "bytes": "many"}]).to_csv(
+        tmp_path / "manifest.csv", index=False
+    )
+    with pytest.raises(ManifestError, match="manifest.csv: not a data manifest.*bytes"):
+        read_manifest(tmp_path)
 
 
 def test_a_run_trained_before_manifests_gets_one_checked_against_its_record(

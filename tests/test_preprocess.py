@@ -344,6 +344,24 @@ def test_cache_is_reused_without_decoding(image_files, tmp_path, monkeypatch):
     assert again.failed == first.failed
 
 
+def test_a_missing_file_is_not_waited_for_each_time_the_cache_opens(
+    image_files, tmp_path, monkeypatch
+):
+    """A file that was missing when the cache was built, and still is, stays failed when the
+    cache is opened again, without the read retries and their pauses (its fingerprint says
+    "missing": if it comes back, the cache is a new one)."""
+    paths = [*image_files, tmp_path / "gone.jpeg"]
+    with pytest.warns(UserWarning, match="2 of 7"):
+        first = build_cache(paths, 16, tmp_path / "cache", progress=False)
+    sleeps: list[float] = []
+    monkeypatch.setattr(cache_module.time, "sleep", sleeps.append)
+    calls = count_decodes(monkeypatch)
+    with pytest.warns(UserWarning, match="2 of 7"):
+        again = build_cache(paths, 16, tmp_path / "cache", progress=False)
+    assert again.path == first.path and calls == [] and sleeps == []
+    assert str(tmp_path / "gone.jpeg") in {f["path"] for f in again.failed}
+
+
 def count_decodes(monkeypatch) -> list[str]:
     """Make every load_gray call append its path to the returned list."""
     calls: list[str] = []
