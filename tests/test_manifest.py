@@ -157,7 +157,9 @@ def test_a_run_trained_before_manifests_gets_one_checked_against_its_record(
 
 
 def test_the_split_recorded_is_the_split_trained_on(tmp_path, outputs):
-    """A manifest row per image of a dataset with a problem file: the file is not in it."""
+    """A manifest row per image of a dataset with a problem file: the file is not in it. The
+    data's fingerprint (what a resumed run compares) stays the same when the dataset folder
+    moves and changes when one image's bytes change."""
     from helpers.loader import prepare_data
 
     root = tmp_path / "d"
@@ -167,6 +169,11 @@ def test_the_split_recorded_is_the_split_trained_on(tmp_path, outputs):
                 name = f"IM-{i:04d}-0001.jpeg" if label == "NORMAL" else f"person{i}_virus_{i}.jpeg"
                 jpeg(root / split / label / name)
     (root / "train" / "NORMAL" / "bad.jpeg").write_bytes(b"")
-    data = prepare_data(Config(image_size=32, val_split=0.25), root, progress=False)
+    config = Config(image_size=32, val_split=0.25)
+    data = prepare_data(config, root, progress=False)
     assert len(data.manifest) == 32 and data.manifest["split"].value_counts()["test"] == 8
-    assert data.fingerprint() == manifest_fingerprint(data.manifest)
+    moved = shutil.copytree(root, tmp_path / "elsewhere" / "d")
+    shutil.rmtree(root)
+    assert prepare_data(config, moved, progress=False).fingerprint() == data.fingerprint()
+    jpeg(moved / "test" / "NORMAL" / "IM-0001-0001.jpeg", size=(41, 30))  # other bytes
+    assert prepare_data(config, moved, progress=False).fingerprint() != data.fingerprint()
