@@ -183,3 +183,31 @@ def test_bench_dataloader_datasets_and_the_epoch_check(demo_root, tmp_path):
         dataloader.timed_epoch(batches, targets[:3], 32)  # an image missing from the epoch
     with pytest.raises(AssertionError, match="batch of"):
         dataloader.timed_epoch(batches, targets[:2], 64)  # the wrong image size
+
+
+def test_bench_dataloader_allows_the_single_image_batchloader_leaves_out(demo_root, capsys):
+    """65 images in batches of 64: a shuffled ``BatchLoader`` epoch leaves one image out (it
+    never ends with a batch of one, which BatchNorm cannot train on); the DataLoader keeps all
+    65. Both epochs pass the check; an epoch that loses an image it should hold does not."""
+    from benchmarks import dataloader
+
+    assert dataloader.BATCH_SIZE == 64
+    result = dataloader.bench_dataloader(demo_root, 32, policy="framing", rounds=1, max_images=65)
+    assert result["images"] == 65
+    assert list(result["variants"]) == ["batchloader", "dataloader"]
+    held = {name: figures["images_per_epoch"] for name, figures in result["variants"].items()}
+    assert held == {"batchloader": 64, "dataloader": 65}
+    [base], [other] = (result["variants"][n]["seconds"] for n in held)
+    assert result["variants"]["dataloader"]["ratio"] == pytest.approx((65 / other) / (64 / base))
+    capsys.readouterr()
+    targets = [0] * 30 + [1] * 35
+    one_short = [(torch.zeros(64, 3, 8, 8), torch.tensor(targets[:64]))]
+    dataloader.timed_epoch(one_short, targets, 8, leaves_out_one=True)  # BatchLoader's rule
+    with pytest.raises(AssertionError, match="gave 64 images, expected 65"):
+        dataloader.timed_epoch(one_short, targets, 8)  # the others keep every image
+    two_short = [(torch.zeros(63, 3, 8, 8), torch.tensor(targets[:63]))]
+    with pytest.raises(AssertionError, match="gave 63 images, expected 64"):
+        dataloader.timed_epoch(two_short, targets, 8, leaves_out_one=True)
+    wrong = [(torch.zeros(64, 3, 8, 8), torch.tensor([1] * 64))]  # 34 + 30 of the wrong class
+    with pytest.raises(AssertionError, match="not among"):
+        dataloader.timed_epoch(wrong, targets, 8, leaves_out_one=True)
