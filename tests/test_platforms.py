@@ -7,8 +7,11 @@ capability (a T4, an H100), a Kaggle kernel that also has ``/content`` and an im
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
+import pkgutil
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -326,16 +329,57 @@ def test_a_refusal_names_the_credential_that_was_sent(credentials, named, monkey
 # --- the CPU thread policy ----------------------------------------------------------------------
 
 
+def _fresh_imports(monkeypatch) -> list[str]:
+    """Take ``helpers`` and every ``helpers.*`` module out of ``sys.modules`` (put back, and
+    the copies imported meanwhile dropped, when the test ends), so that the next import of
+    each runs its module code again; return the package's module names (pkgutil)."""
+    names = [
+        module.name
+        for module in pkgutil.walk_packages(helpers.__path__, "helpers.")
+        if module.name != "helpers.__main__"  # running the command line, not an import
+    ]
+    loaded = [name for name in sys.modules if name == "helpers" or name.startswith("helpers.")]
+    for name in {*loaded, *names}:
+        monkeypatch.setitem(sys.modules, name, None)  # recorded: put back, or removed, after
+        del sys.modules[name]
+    return names
+
+
+def _busy_machine(monkeypatch) -> list[int]:
+    """Two usable cores of which one is busy, whichever ``helpers.cpu`` looks (a fresh copy
+    of the module too): ``sched_getaffinity`` and ``/proc/stat`` faked; every
+    ``torch.set_num_threads`` call is recorded (and still made) and returned."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    reads = itertools.count()
+    real_read_text = Path.read_text
+
+    def read_text(path, *args, **kwargs):
+        if str(path) != "/proc/stat":
+            return real_read_text(path, *args, **kwargs)
+        k = next(reads)  # between two reads cpu0 was busy, cpu1 idle
+        return f"cpu  0 0 0 0\ncpu0 {200 * k} 0 0 100\ncpu1 0 0 0 {200 * k}\n"
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    calls: list[int] = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n) or real_set(n))
+    return calls
+
+
 def test_importing_helpers_changes_nothing(monkeypatch):
-    """Importing (here: re-importing) the package and its modules on a busy machine leaves
-    torch's thread count and the environment as they were."""
-    monkeypatch.setattr(cpu, "busy_cores", lambda *a, **k: 1.0)
-    monkeypatch.setattr(cpu, "usable_cores", lambda: [0, 1])
+    """Importing the package and each of its modules afresh, on a busy machine, sets no torch
+    thread count and leaves the environment as it was."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    set_calls = _busy_machine(monkeypatch)
+    assert cpu.idle_core_threads() == 1  # the fakes make the thread policy act
     threads, environment = torch.get_num_threads(), dict(os.environ)
-    importlib.reload(helpers)
-    for name in ("cli", "notebooks", "train", "sources", "platforms"):
-        importlib.import_module(f"helpers.{name}")
+    names = _fresh_imports(monkeypatch)
+    assert {"helpers.cli", "helpers.notebooks", "helpers.plots.style"} <= set(names)
+    for name in names:
+        importlib.import_module(name)
+    assert sys.modules["helpers.cpu"] is not cpu  # imported afresh
+    assert set_calls == [], f"importing helpers called torch.set_num_threads{tuple(set_calls)}"
     assert torch.get_num_threads() == threads
     assert dict(os.environ) == environment
 
