@@ -157,12 +157,28 @@ def attached_run(base: Path | None = None, max_depth: int = 8) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime).parent
 
 
-def _copy_run(source: Path, target: Path) -> None:
-    """Copy a run folder to ``target`` through a temporary sibling, renamed when complete."""
+def _copy_run(source: Path, target: Path) -> bool:
+    """Copy a run folder to ``target`` through a temporary sibling, renamed when complete;
+    return whether it replaced a ``target`` that was there (an unfinished run, no ``best.pt``).
+
+    A folder cannot be renamed onto a non-empty one (``os.replace`` raises "Directory not
+    empty"), so an existing ``target`` is first renamed aside and removed once the copy is
+    in its place: ``target`` is at every moment the old folder, absent, or the whole copy.
+    A ``target`` holding ``best.pt`` (a trained run) is never replaced.
+    """
+    if (target / "best.pt").exists():
+        raise FileExistsError(f"{target} holds a trained run (best.pt): not replacing it")
     temporary = target.with_name(f".{target.name}.copying")
-    shutil.rmtree(temporary, ignore_errors=True)
+    replaced = target.with_name(f".{target.name}.replaced")
+    for leftover in (temporary, replaced):  # from an interrupted copy
+        shutil.rmtree(leftover, ignore_errors=True)
     shutil.copytree(source, temporary)
+    existed = target.exists()
+    if existed:
+        os.replace(target, replaced)
     os.replace(temporary, target)
+    shutil.rmtree(replaced, ignore_errors=True)
+    return existed
 
 
 def trained_run(config: Config, location: DatasetLocation) -> Path:
@@ -187,9 +203,11 @@ def trained_run(config: Config, location: DatasetLocation) -> Path:
     attached = attached_run() if platforms.on_kaggle() else None
     if attached is not None:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        _copy_run(attached, run_dir)
+        replaced = _copy_run(attached, run_dir)
         print(f"using the run trained in notebook 04, attached as an input: {attached}")
         print(f"  copied to {run_dir}")
+        if replaced:
+            print(f"  (it replaced {run_dir}, an unfinished run (no best.pt))")
         return run_dir
     recipe = config
     if not (config.quick or torch.cuda.is_available()):

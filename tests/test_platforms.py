@@ -247,6 +247,32 @@ def test_on_kaggle_an_attached_run_is_copied_into_outputs(tmp_path, monkeypatch,
     assert notebooks_module.trained_run(Config().quick_mode(), location) == run_dir
 
 
+def test_on_kaggle_an_attached_run_replaces_an_unfinished_one(tmp_path, monkeypatch, capsys):
+    """An outputs folder whose ``runs/notebook`` has no ``best.pt`` (a training interrupted
+    before its first validation, its ``last.pt`` left behind): the attached run takes its place,
+    the old folder is gone, no temporary folder stays, and the replacement is said."""
+    kaggle_input = tmp_path / "input"
+    _attached_run(kaggle_input)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.setattr(notebooks_module, "KAGGLE_INPUT", kaggle_input)
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path / "working"))
+    unfinished = notebook_run_dir()
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "last.pt").write_bytes(b"interrupted")
+    (unfinished / "checkpoints" / "epoch.pt").write_bytes(b"interrupted")
+    monkeypatch.setattr("helpers.train.train", lambda *a, **k: pytest.fail("trained again"))
+    location = DatasetLocation(tmp_path, "kaggle-input")
+    run_dir = notebooks_module.trained_run(Config().quick_mode(), location)
+    assert run_dir == unfinished
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "last.pt"]
+    assert (run_dir / "last.pt").read_bytes() == b"last"
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["notebook"], "nothing left over"
+    assert f"replaced {run_dir}, an unfinished run (no best.pt)" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="holds a trained run"):
+        notebooks_module._copy_run(kaggle_input, run_dir)  # a trained run is never replaced
+    assert (run_dir / "best.pt").read_bytes() == b"best"
+
+
 def test_off_kaggle_an_input_folder_is_not_searched(tmp_path, monkeypatch):
     kaggle_input = tmp_path / "input"
     _attached_run(kaggle_input)
