@@ -148,18 +148,21 @@ def _file_names(
 def make_demo_dataset(out: str | Path, n_images: int = 600, seed: int = 42) -> Path:
     """Write the demo dataset to ``out/chest_xray`` and return that folder.
 
-    Deterministic from ``seed``. Reused when already written with the same settings;
-    written into a temporary folder and renamed, so an interrupted run leaves nothing
-    half-made. An existing ``chest_xray`` that is not a demo dataset is never overwritten.
+    Deterministic from ``seed``. Reused when already written with the same settings and
+    intact (the marker records the number of files and their total size, compared on reuse:
+    a deleted or truncated image gets the dataset drawn again). Written into a temporary
+    folder and renamed, so an interrupted run leaves nothing half-made; when another process
+    finished the same dataset meanwhile, its copy is kept (it may be reading it) and this
+    one's discarded. An existing ``chest_xray`` that is not a demo dataset is never
+    overwritten.
     """
     out = Path(out)
     root = out / "chest_xray"
     settings = {"n_images": n_images, "seed": seed, "version": 1}
-    marker = root / MARKER
     if root.exists():
-        if marker.is_file() and json.loads(marker.read_text()) == settings:
+        if _is_complete(root, settings):
             return root
-        if not marker.is_file():
+        if not (root / MARKER).is_file():
             raise FileExistsError(f"{root} exists and is not a demo dataset: not overwriting it")
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,11 +180,54 @@ def make_demo_dataset(out: str | Path, n_images: int = 600, seed: int = 42) -> P
                     if rng.random() < 0.05:  # a few RGB files, as in the real data
                         image = image.convert("RGB")
                     image.save(folder / name, quality=90)
-        (tmp / MARKER).write_text(json.dumps(settings))
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
+        (tmp / MARKER).write_text(json.dumps({**settings, **_contents(tmp)}))
+        _publish(tmp, root, settings)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return root
+
+
+def _contents(root: Path) -> dict[str, int]:
+    """The number of files under ``root`` (the marker aside) and their total size: a listing
+    and a ``stat`` per file, milliseconds for 600 images."""
+    files = [path for path in root.rglob("*") if path.is_file() and path.name != MARKER]
+    return {"files": len(files), "bytes": sum(path.stat().st_size for path in files)}
+
+
+def _is_complete(root: Path, settings: dict[str, int]) -> bool:
+    """Whether ``root`` is the demo dataset of ``settings``, with every file it was written
+    with (by count and total size)."""
+    try:
+        recorded = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or {key: recorded.get(key) for key in settings} != settings:
+        return False
+    return recorded == {**settings, **_contents(root)}
+
+
+def _publish(tmp: Path, root: Path, settings: dict[str, int]) -> None:
+    """Rename the finished dataset ``tmp`` to ``root``, unless another process has put the
+    same complete dataset there meanwhile: that one is kept and ``tmp`` left for the caller
+    to remove. A damaged or older demo dataset at ``root`` is renamed aside first and removed
+    after (a folder cannot be renamed onto a non-empty one)."""
+    aside: Path | None = None
+    if root.exists():
+        if _is_complete(root, settings):
+            return
+        if not (root / MARKER).is_file():
+            raise FileExistsError(f"{root} exists and is not a demo dataset: not overwriting it")
+        aside = Path(tempfile.mkdtemp(prefix=".demo-old-", dir=root.parent))
+        try:
+            root.rename(aside / root.name)
+        except FileNotFoundError:  # another process moved it first
+            pass
+    try:
+        tmp.rename(root)
+    except OSError:  # root appeared since the check: keep it if it is the finished dataset
+        if not _is_complete(root, settings):
+            raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)

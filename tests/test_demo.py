@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import shutil
 import subprocess
 import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from PIL import Image
 
 from helpers.data import scan
 from helpers.demo import draw_xray, make_demo_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _digest(root):
@@ -61,6 +67,82 @@ def test_reuse_and_refuse_to_overwrite_real_data(tmp_path):
     real.mkdir(parents=True)
     with pytest.raises(FileExistsError, match="not a demo dataset"):
         make_demo_dataset(tmp_path / "other", n_images=40)
+
+
+def test_a_damaged_copy_is_drawn_again(tmp_path):
+    """The reuse check compares the files and bytes the marker recorded: a deleted image or
+    one cut short is noticed, and the dataset is drawn again (the same bytes)."""
+    root = make_demo_dataset(tmp_path, n_images=40, seed=1)
+    digest = _digest(root)
+    victim = sorted(root.rglob("*.jpeg"))[3]
+    victim.unlink()
+    assert _digest(make_demo_dataset(tmp_path, n_images=40, seed=1)) == digest
+    victim.write_bytes(victim.read_bytes()[:-10])
+    assert _digest(make_demo_dataset(tmp_path, n_images=40, seed=1)) == digest
+    assert not list(tmp_path.glob(".demo-*"))  # nothing left beside it
+
+
+@pytest.mark.parametrize("when", ["while drawing", "at the rename"])
+def test_a_dataset_another_process_finished_meanwhile_is_kept(when, tmp_path, monkeypatch):
+    """Two processes draw the same dataset at once (two pytest sessions sharing the cache):
+    the later one finds ``root`` complete when it is done, keeps it (the other may be reading
+    it) and discards its own copy."""
+    import helpers.demo
+
+    theirs = make_demo_dataset(tmp_path / "theirs", n_images=40, seed=1)
+    out = tmp_path / "shared"
+    root = out / "chest_xray"
+    made: list[int] = []
+
+    def the_other_process_finishes() -> None:
+        if not made:
+            shutil.copytree(theirs, root)
+            made.append(root.stat().st_ino)
+
+    if when == "while drawing":
+        plan = helpers.demo._split_plan
+
+        def drawing(n_images):
+            the_other_process_finishes()
+            return plan(n_images)
+
+        monkeypatch.setattr(helpers.demo, "_split_plan", drawing)
+    else:
+        rename = Path.rename
+
+        def renaming(self, target):
+            if Path(target) == root:
+                the_other_process_finishes()
+            return rename(self, target)
+
+        monkeypatch.setattr(Path, "rename", renaming)
+    assert make_demo_dataset(out, n_images=40, seed=1) == root
+    assert made and root.stat().st_ino == made[0], "the other process's dataset was replaced"
+    assert _digest(root) == _digest(theirs)
+    assert [p.name for p in out.iterdir()] == ["chest_xray"], "the own copy is discarded"
+
+
+def test_the_session_dataset_replaces_older_ones_in_the_cache(tmp_path, monkeypatch):
+    """The repository's ``conftest.py`` keeps the demo dataset in pytest's cache, named by the
+    generator's hash: a folder drawn by another version of ``helpers/demo.py`` is removed."""
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    monkeypatch.setattr(root_conftest, "DEMO_IMAGES", 20)
+    cache = tmp_path / "d"
+    old = make_demo_dataset(cache / "demo-20-7-0123456789ab", n_images=20, seed=7)
+    (cache / "lastfailed-notes").mkdir()  # not a demo folder: left alone
+
+    def mkdir(name: str) -> Path:  # pytest's Cache.mkdir: a folder under .pytest_cache/d
+        (cache / name).mkdir(parents=True, exist_ok=True)
+        return cache / name
+
+    config = types.SimpleNamespace(cache=types.SimpleNamespace(mkdir=mkdir))
+    root = root_conftest._demo_dataset(config)
+    assert root.is_dir() and root.parent.parent == cache and root.parent.name.startswith("demo-")
+    assert not old.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([root.parent.name, "lastfailed-notes"])
+    assert root_conftest._demo_dataset(config) == root  # the session's own is kept
 
 
 def test_pneumonia_is_brighter_in_the_lungs():
