@@ -56,6 +56,14 @@ class ImagenetNotebookItem(NotebookItem):
         pytest.Item.__init__(self, parent.name + IMAGENET_SUFFIX, parent, **kwargs)
         self.filename = filename
 
+    def repr_failure(self, excinfo, style=None):
+        """This item's own checks fail with an ``AssertionError``: pytest's report shows its
+        message (nbmake's would call it an "NBMAKE INTERNAL ERROR"); a failing cell is reported
+        by nbmake, as for the first pass."""
+        if excinfo.errisinstance(AssertionError):
+            return pytest.Item.repr_failure(self, excinfo, style)
+        return super().repr_failure(excinfo, style)
+
     def runtest(self) -> None:
         option = self.config.option
         run = NotebookRun(

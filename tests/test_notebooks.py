@@ -12,6 +12,7 @@ import ast
 import glob
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -713,3 +714,18 @@ def test_run_notebooks_stops_at_the_failing_cell(demo_root, tmp_path):
 def test_cli_reports_a_missing_dataset(tmp_path, capsys):
     assert main(["run-notebooks", "--quick", "--data", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_the_imagenet_pass_reports_its_own_checks_as_failures(request):
+    """A failed check of the ImageNet pass (04's run trained again, say) reads as that check's
+    message, not as nbmake's "NBMAKE INTERNAL ERROR" with a traceback into nbmake."""
+    spec = importlib.util.spec_from_file_location(
+        "notebooks_conftest", ROOT / "notebooks" / "conftest.py"
+    )
+    notebooks_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(notebooks_conftest)
+    with pytest.raises(AssertionError) as excinfo:
+        raise AssertionError("04's run was trained again")
+    report = str(notebooks_conftest.ImagenetNotebookItem.repr_failure(request.node, excinfo))
+    assert "04's run was trained again" in report
+    assert not report.lstrip().startswith("NBMAKE INTERNAL ERROR"), report[:200]
