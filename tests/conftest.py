@@ -2,8 +2,9 @@
 run (for the slow tests), and the real data when it is there.
 
 ``-m "not slow"`` is the subset a contributor runs before every commit: no training run, no
-notebook kernel, no child process. :func:`_fast_means_fast` enforces it: a test not marked
-``slow`` that starts a training epoch or a process fails, saying so.
+notebook kernel, no child process, and no test over about a second (those few are marked
+``slow`` with what takes the time). :func:`_fast_means_fast` enforces the first three: a test
+not marked ``slow`` that starts a training epoch or a process fails, saying so.
 """
 
 from __future__ import annotations

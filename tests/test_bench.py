@@ -86,8 +86,8 @@ def test_bench_train_cli_quick_reports_rates_ratio_and_split(tmp_path, capsys, m
     assert float(rates["engine"]) == pytest.approx(returned["engine_images_per_s"], abs=0.06)
 
 
-def test_bench_train_refuses_bad_settings_before_starting_anything(tmp_path, capsys):
-    root = make_demo_dataset(tmp_path / "demo", n_images=60, seed=3)
+def test_bench_train_refuses_bad_settings_before_starting_anything(demo_root, tmp_path, capsys):
+    root = demo_root
     assert main(["bench", "train", "--data", str(root), "--image-size", "100", "--quick"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert main(["bench", "train", "--data", str(tmp_path / "nothing-here"), "--quick"]) == 2

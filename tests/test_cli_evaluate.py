@@ -185,6 +185,7 @@ def test_threshold_falls_back_to_half_when_the_validation_images_are_gone(
     assert str(moved / "test") in err and "missing" in err and "--data" in err
 
 
+@pytest.mark.slow  # a cache build and an evaluation, about 1.5 s
 def test_evaluate_from_another_folder_after_the_data_moved(made_run, shared_outputs, tmp_path):
     """A run whose data was found by a relative path is evaluated from another working
     directory, and, once the data has moved, with ``--data``: the same probabilities."""
@@ -340,6 +341,7 @@ def test_predict_gives_the_evaluation_probability(tiny):
     np.testing.assert_allclose(got, preds["p_pneumonia"].to_numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # a TorchScript export, about 1 s
 def test_cli_export_gives_the_eager_probabilities(tiny, tmp_path, capsys):
     """``export`` writes the run's model and it computes the eager probabilities. TorchScript
     only: the command passes ``--format`` through to ``export_model``, whose ONNX branch
@@ -400,6 +402,7 @@ def test_cli_predict_writes_gradcam_overlays(tiny, tmp_path, capsys):
             assert drawn.mode == "RGB" and drawn.size == picture.size != (64, 64)
 
 
+@pytest.mark.slow  # a TorchScript export, about 1 s
 def test_cli_export_reports_the_check_against_eager(tiny, tmp_path, capsys):
     out = tmp_path / "model.pt"
     assert (

@@ -151,6 +151,7 @@ def test_class_weights_formula():
         class_weights([1, 1])
 
 
+@pytest.mark.slow  # reads the headers of the 5,856 real images, about 2.5 s
 def test_real_split_counts(shared_data):
     """The shared copy holds the complete Kaggle train and official test splits."""
     result = scan(shared_data / "kermany-224")

@@ -52,33 +52,33 @@ def test_sizes_spread_like_the_real_data(demo_root):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    a = make_demo_dataset(tmp_path / "a", n_images=40, seed=3)
-    b = make_demo_dataset(tmp_path / "b", n_images=40, seed=3)
-    c = make_demo_dataset(tmp_path / "c", n_images=40, seed=4)
+    a = make_demo_dataset(tmp_path / "a", n_images=12, seed=3)
+    b = make_demo_dataset(tmp_path / "b", n_images=12, seed=3)
+    c = make_demo_dataset(tmp_path / "c", n_images=12, seed=4)
     assert _digest(a) == _digest(b) != _digest(c)
     assert not list((tmp_path / "a").glob(".demo-*"))  # no temporary folder left
 
 
 def test_reuse_and_refuse_to_overwrite_real_data(tmp_path):
-    root = make_demo_dataset(tmp_path, n_images=40, seed=1)
+    root = make_demo_dataset(tmp_path, n_images=12, seed=1)
     stamp = root.stat().st_mtime_ns
-    assert make_demo_dataset(tmp_path, n_images=40, seed=1).stat().st_mtime_ns == stamp
+    assert make_demo_dataset(tmp_path, n_images=12, seed=1).stat().st_mtime_ns == stamp
     real = tmp_path / "other" / "chest_xray"
     real.mkdir(parents=True)
     with pytest.raises(FileExistsError, match="not a demo dataset"):
-        make_demo_dataset(tmp_path / "other", n_images=40)
+        make_demo_dataset(tmp_path / "other", n_images=12)
 
 
 def test_a_damaged_copy_is_drawn_again(tmp_path):
     """The reuse check compares the files and bytes the marker recorded: a deleted image or
     one cut short is noticed, and the dataset is drawn again (the same bytes)."""
-    root = make_demo_dataset(tmp_path, n_images=40, seed=1)
+    root = make_demo_dataset(tmp_path, n_images=12, seed=1)
     digest = _digest(root)
     victim = sorted(root.rglob("*.jpeg"))[3]
     victim.unlink()
-    assert _digest(make_demo_dataset(tmp_path, n_images=40, seed=1)) == digest
+    assert _digest(make_demo_dataset(tmp_path, n_images=12, seed=1)) == digest
     victim.write_bytes(victim.read_bytes()[:-10])
-    assert _digest(make_demo_dataset(tmp_path, n_images=40, seed=1)) == digest
+    assert _digest(make_demo_dataset(tmp_path, n_images=12, seed=1)) == digest
     assert not list(tmp_path.glob(".demo-*"))  # nothing left beside it
 
 
@@ -89,7 +89,7 @@ def test_a_dataset_another_process_finished_meanwhile_is_kept(when, tmp_path, mo
     it) and discards its own copy."""
     import helpers.demo
 
-    theirs = make_demo_dataset(tmp_path / "theirs", n_images=40, seed=1)
+    theirs = make_demo_dataset(tmp_path / "theirs", n_images=12, seed=1)
     out = tmp_path / "shared"
     root = out / "chest_xray"
     made: list[int] = []
@@ -116,7 +116,7 @@ def test_a_dataset_another_process_finished_meanwhile_is_kept(when, tmp_path, mo
             return rename(self, target)
 
         monkeypatch.setattr(Path, "rename", renaming)
-    assert make_demo_dataset(out, n_images=40, seed=1) == root
+    assert make_demo_dataset(out, n_images=12, seed=1) == root
     assert made and root.stat().st_ino == made[0], "the other process's dataset was replaced"
     assert _digest(root) == _digest(theirs)
     assert [p.name for p in out.iterdir()] == ["chest_xray"], "the own copy is discarded"
@@ -128,9 +128,9 @@ def test_the_session_dataset_replaces_older_ones_in_the_cache(tmp_path, monkeypa
     spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
     root_conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(root_conftest)
-    monkeypatch.setattr(root_conftest, "DEMO_IMAGES", 20)
+    monkeypatch.setattr(root_conftest, "DEMO_IMAGES", 12)
     cache = tmp_path / "d"
-    old = make_demo_dataset(cache / "demo-20-7-0123456789ab", n_images=20, seed=7)
+    old = make_demo_dataset(cache / "demo-12-7-0123456789ab", n_images=12, seed=7)
     (cache / "lastfailed-notes").mkdir()  # not a demo folder: left alone
 
     def mkdir(name: str) -> Path:  # pytest's Cache.mkdir: a folder under .pytest_cache/d

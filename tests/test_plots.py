@@ -434,6 +434,7 @@ def all_figures(save_dir: Path) -> dict[str, Figure]:
     return {name: call(save_dir / f"{name}.png") for name, call in calls.items()}
 
 
+@pytest.mark.slow  # every plot function drawn and saved, about 2 s
 def test_every_function_saves_a_small_png(tmp_path):
     open_before = plt.get_fignums()
     out = tmp_path / "nested" / "figures"  # parent folders are created

@@ -351,10 +351,12 @@ def test_a_missing_file_is_not_waited_for_each_time_the_cache_opens(
     cache is opened again, without the read retries and their pauses (its fingerprint says
     "missing": if it comes back, the cache is a new one)."""
     paths = [*image_files, tmp_path / "gone.jpeg"]
-    with pytest.warns(UserWarning, match="2 of 7"):
-        first = build_cache(paths, 16, tmp_path / "cache", progress=False)
     sleeps: list[float] = []
     monkeypatch.setattr(cache_module.time, "sleep", sleeps.append)
+    with pytest.warns(UserWarning, match="2 of 7"):
+        first = build_cache(paths, 16, tmp_path / "cache", progress=False)
+    assert sleeps, "the first build retries the missing file, with pauses"
+    sleeps.clear()
     calls = count_decodes(monkeypatch)
     with pytest.warns(UserWarning, match="2 of 7"):
         again = build_cache(paths, 16, tmp_path / "cache", progress=False)

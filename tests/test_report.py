@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from shutil import copytree
 
+import pytest
 from PIL import Image
 
 from helpers import cli
 from helpers.evaluate import evaluate_run
 
 
+@pytest.mark.slow  # every README figure drawn and saved, about 3 s
 def test_figures_from_an_evaluated_run(
     made_run, session_outputs, demo_root, tmp_path, capsys, monkeypatch
 ):
