@@ -180,8 +180,10 @@ def _validation_threshold(
     config: Config,
     device: torch.device,
     tta: bool,
+    scores: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, str]:
-    """Youden's J threshold on the run's validation split, or 0.5 and the reason why not."""
+    """Youden's J threshold on the run's validation split, or 0.5 and the reason why not.
+    ``scores``: the split's targets and probabilities when the caller has them already."""
     if val is None:
         return HEADLINE_THRESHOLD, f"fallback 0.5: validation images not usable ({unreachable})"
     indices, targets = val.rows("val")
@@ -191,7 +193,7 @@ def _validation_threshold(
             f"fallback 0.5: the validation split of {root} has "
             f"{'no images' if not targets else 'one class only'} that could be decoded"
         )
-    y_val, p_val = _score(model, val.cache, indices, targets, config, device, tta)
+    y_val, p_val = scores or _score(model, val.cache, indices, targets, config, device, tta)
     source = f"Youden's J on the validation split ({len(indices)} images of {root})"
     return youden_threshold(y_val, p_val), source
 
@@ -265,13 +267,12 @@ def evaluate_run(
     root = data.location.root
     indices, targets = _decodable_rows(data, split)
     y, p = _score(model, data.cache, indices, targets, config, dev, tta)
-    if split == "val":
-        val, unreachable = data, ""
+    if split == "val":  # the threshold from the scores just computed, not a second pass
+        threshold, source = _validation_threshold(model, data, "", config, dev, tta, (y, p))
+        source += "; chosen on the evaluated split itself, so its numbers there are optimistic"
     else:
         val, unreachable = _validation_data(run_dir, config, data_dir, progress)
-    threshold, source = _validation_threshold(model, val, unreachable, config, dev, tta)
-    if split == "val":
-        source += "; chosen on the evaluated split itself, so its numbers there are optimistic"
+        threshold, source = _validation_threshold(model, val, unreachable, config, dev, tta)
     if source.startswith("fallback"):
         warnings.warn(f"{run_dir}: second threshold {source}", stacklevel=2)
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from helpers import cli
+from helpers import evaluate as evaluate_module
 from helpers.augment import normalize_batch
 from helpers.data import DatasetError
 from helpers.evaluate import (
@@ -266,7 +267,6 @@ def test_an_error_in_scoring_is_not_turned_into_a_fallback(
     """Only the cases that truly leave no threshold (no usable validation images, one class)
     fall back to 0.5; an error of the project's own code while scoring is raised, not
     reported as "fallback 0.5" (a blanket ``except ValueError`` used to do that)."""
-    from helpers import evaluate as evaluate_module
 
     def bug(*args, **kwargs):
         raise ValueError("a bug in the scoring code")
@@ -282,16 +282,26 @@ def test_an_error_in_scoring_is_not_turned_into_a_fallback(
 # --- the command line ----------------------------------------------------------------------
 
 
-def test_cli_evaluate_prints_the_report(tiny, shared_outputs, tmp_path, capsys):
+def test_cli_evaluate_prints_the_report(tiny, shared_outputs, tmp_path, capsys, monkeypatch):
     run = copytree(tiny.run_dir, tmp_path / "run")
+    scored: list[int] = []
+    score = evaluate_module._score
+    monkeypatch.setattr(
+        evaluate_module, "_score", lambda *a, **kw: scored.append(len(a[2])) or score(*a, **kw)
+    )
     assert cli.main(["evaluate", "--run", str(run), "--split", "val", "--resamples", "100"]) == 0
+    assert len(scored) == 1, f"the validation split was scored {len(scored)} times"
     out = capsys.readouterr().out
     assert "val split" in out and "AUROC" in out
     assert str(run / "metrics-val.json") in out
     m = json.loads((run / "metrics-val.json").read_text())
     assert m["split"] == "val" and tuple(m) == RUN_METRIC_KEYS
     assert "evaluated split itself" in m["val_threshold"]["source"]
-    assert (run / "predictions-val.csv").is_file()
+    predictions = pd.read_csv(run / "predictions-val.csv")
+    youden = youden_threshold(
+        predictions["target"].to_numpy(), predictions["p_pneumonia"].to_numpy()
+    )
+    assert m["val_threshold"]["threshold"] == pytest.approx(youden)
 
 
 def test_cli_evaluate_without_best_pt_fails_naming_the_file(tmp_path, capsys):
