@@ -251,7 +251,7 @@ def write_results(scores: list[RunScore], path: str | Path) -> None:
         "",
         summary_table(scores, "choose", "0.5"),
         "",
-        "## Summary: the report half (never looked at for a choice)",
+        "## Summary: the report half (lightly exposed: no setting was chosen from its numbers)",
         "",
         "At 0.5:",
         "",

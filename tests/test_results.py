@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from shutil import copytree
 
 import pandas as pd
@@ -103,6 +104,9 @@ def test_results_are_written_between_the_markers(evaluated, tmp_path, capsys):
     text = doc.read_text()
     assert "kept by hand" in text and "kept too" in text and "\nold\n" not in text
     assert f"`{evaluated.name}`" in text and "report half" in text
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    for heading in (line for line in text.splitlines() if line.startswith("## ")):
+        assert heading in committed, f"regenerating docs/results.md would change {heading!r}"
     assert "1 scorings of 1 runs" in capsys.readouterr().out
     (tmp_path / "plain.md").write_text("no markers here")
     with pytest.raises(ValueError, match="markers"):
