@@ -524,13 +524,8 @@ def crop_box(image: Image.Image) -> tuple[int, int, int, int] | None:
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
         Image.Resampling.BICUBIC,
     )
-    grey = np.asarray(small, dtype=np.float32)
-    bands = uniform_border(grey)
-    height, width = grey.shape
-    fractions = {
-        side: bands[side] / (height if side in ("top", "bottom") else width) for side in SIDES
-    }
-    sides = [side for side in SIDES if fractions[side] >= FRAME_MIN]
+    fractions = border_fractions(np.asarray(small, dtype=np.float32))
+    sides = frame_sides({f"border_{side}": fraction for side, fraction in fractions.items()})
     if len(sides) < FRAME_SIDES:
         return None
     cut = {side: fractions[side] + CROP_INSET if side in sides else 0.0 for side in SIDES}
