@@ -35,8 +35,8 @@ from helpers import notebooks as notebooks_module
 from helpers import platforms
 from helpers.cli import main
 from helpers.config import CLASSES, Config
-from helpers.data import class_weights
-from helpers.loader import prepare_data
+from helpers.data import class_weights, make_splits, scan
+from helpers.loader import BatchLoader, prepare_data
 from helpers.model import PneumoniaNet, build_model, parameter_groups
 from helpers.notebooks import NOTEBOOKS, NotebookError, run_notebooks
 from helpers.recipe import make_optimizer, use_scratch_batchnorm, weighted_loss
@@ -314,7 +314,54 @@ def test_training_notebooks_ask_colab_for_a_gpu(name):
     assert metadata["accelerator"] == "GPU" and metadata["colab"]["gpuType"] == "T4"
 
 
-# --- the code notebooks 03 and 04 write out is the package's ---------------------------------
+# --- the code notebooks 02, 03 and 04 write out is the package's ----------------------------
+
+
+@pytest.mark.slow  # a scan and a cache build, about 1.2 s
+def test_notebook_02_dataset_and_dataloader_give_the_batchloaders_batches(demo_root, tmp_path):
+    """Without augmentation, notebook 02's ``XrayDataset`` in a ``DataLoader`` gives the very
+    batches of the package's ``BatchLoader`` (same pixels, normalisation and labels, in order);
+    its seeded shuffle repeats with the same seed. With augmentation each item is a normalised
+    (3, S, S) picture that changes from one call to the next."""
+    from helpers.cache import build_cache
+    from helpers.loader import cache_rows
+
+    namespace: dict = {}
+    exec(stored()["02_preprocessing.ipynb"].cells[2].source, namespace)  # the imports cell
+    cell = ast.parse(cell_defining("02_preprocessing.ipynb", "class XrayDataset("))
+    definition = [node for node in cell.body if isinstance(node, ast.ClassDef)]  # not the demo
+    exec(compile(ast.Module(definition, type_ignores=[]), "notebook 02", "exec"), namespace)
+    dataset_class = namespace["XrayDataset"]
+    config = Config().quick_mode().replace(image_size=32, subset=None)
+    train = make_splits(scan(demo_root).images, config)["train"].iloc[:90]
+    cache = build_cache(train["path"].tolist(), 32, tmp_path / "cache", progress=False)
+    rows, labels, _ = cache_rows(cache, train)
+    plain = namespace["DataLoader"](dataset_class(cache.array, rows, labels), batch_size=16)
+    package = BatchLoader(cache, rows, labels, 16, shuffle=False, augment=False, seed=0)
+    pairs = list(zip(plain, package, strict=True))
+    assert len(pairs) == len(package) > 1
+    for (x, y), (x_package, y_package) in pairs:
+        torch.testing.assert_close(x, x_package, rtol=0, atol=1e-6)
+        assert torch.equal(y, y_package)
+
+    def order(seed):
+        shuffle = torch.Generator().manual_seed(seed)
+        loader = namespace["DataLoader"](
+            dataset_class(cache.array, rows, list(range(len(rows)))),
+            batch_size=16,
+            shuffle=True,
+            generator=shuffle,
+        )
+        return torch.cat([y for _, y in loader]).tolist()
+
+    assert order(7) == order(7) != order(8)
+    assert sorted(order(7)) == list(range(len(rows)))
+    augmented = dataset_class(
+        cache.array, rows, labels, augment=namespace["article_augmentation"]()
+    )
+    first, second = augmented[0][0], augmented[0][0]
+    assert first.shape == (3, 32, 32) and first.dtype == torch.float32
+    assert not torch.equal(first, second)
 
 
 @pytest.mark.parametrize("trainable_blocks", [2, 4])
