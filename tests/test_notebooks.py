@@ -23,6 +23,7 @@ import types
 import urllib.error
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nbformat
 import numpy as np
 import pandas as pd
@@ -315,6 +316,27 @@ def test_training_notebooks_ask_colab_for_a_gpu(name):
 
 
 # --- the code notebooks 02, 03 and 04 write out is the package's ----------------------------
+
+
+def test_notebook_01_countplot_shows_the_packages_counts(demo_root, tmp_path, monkeypatch):
+    """Notebook 01's seaborn bars (images per split and class) are ``ScanResult.counts()``,
+    the table the notebook prints just before them; a bar per split and class, in order."""
+    monkeypatch.setenv("PNEUMONIA_OUTPUTS", str(tmp_path))
+    scanned = scan(demo_root)
+    namespace: dict = {"images": scanned.images}
+    exec(stored()["01_dataset_eda.ipynb"].cells[2].source, namespace)  # the imports cell
+    exec(cell_defining("01_dataset_eda.ipynb", 'sns.countplot(images, x="split"'), namespace)
+    ax = namespace["ax"]
+    classes = [text.get_text() for text in ax.get_legend().get_texts()]  # one per hue
+    shown = {
+        (split.get_text(), label): int(bar.get_height())
+        for label, bars in zip(classes, ax.containers, strict=True)
+        for split, bar in zip(ax.get_xticklabels(), bars, strict=True)
+    }
+    counts = scanned.counts().drop(columns="total")
+    assert shown == {(s, c): int(counts.loc[s, c]) for s in counts.index for c in counts.columns}
+    assert (tmp_path / "figures" / "01_split_counts.png").is_file()
+    plt.close("all")
 
 
 @pytest.mark.slow  # a scan and a cache build, about 1.2 s
@@ -614,6 +636,24 @@ def test_notebook_05_youden_threshold_when_no_threshold_helps():
     choose = test_halves(predictions)["choose"]
     assert np.isfinite(namespace["t_choose"]) and namespace["t_choose"] > 0.5
     assert namespace["t_choose"] == youden_threshold(choose["target"], choose["p_pneumonia"])
+
+
+def test_notebook_05_at_prevalence_is_the_posterior_at_that_prevalence():
+    """Notebook 05's ``at_prevalence``: a probability from a model that saw both classes
+    equally often, read at another share of pneumonia, is the posterior computed from the
+    classes' score densities at that share (two Gaussians here), and at 50 % it is unchanged."""
+    cell = ast.parse(cell_defining("05_evaluation.ipynb", "def at_prevalence("))
+    definition = [node for node in cell.body if isinstance(node, ast.FunctionDef)]
+    namespace: dict = {}
+    exec(compile(ast.Module(definition, type_ignores=[]), "notebook 05", "exec"), namespace)
+    at_prevalence = namespace["at_prevalence"]
+    score = np.linspace(-3, 4, 50)
+    normal, pneumonia = np.exp(-(score**2) / 2), np.exp(-((score - 1.5) ** 2) / 2)
+    balanced = pneumonia / (pneumonia + normal)
+    for share in (0.1, 0.5, 0.625, 0.9):
+        posterior = share * pneumonia / (share * pneumonia + (1 - share) * normal)
+        np.testing.assert_allclose(at_prevalence(balanced, share), posterior, rtol=1e-12)
+    np.testing.assert_allclose(at_prevalence(balanced, 0.5), balanced, rtol=1e-12)
 
 
 def test_notebook_05_section_9_sees_the_choose_half_with_patient_grouped_folds(
