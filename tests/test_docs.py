@@ -66,3 +66,44 @@ def test_ci_runs_the_readme_commands_exactly():
     for command in commands:
         assert command in ci, command
     assert not [line for line in ci if line.startswith("export ")]
+
+
+def _helpers_imports() -> dict[str, set[str]]:
+    """Each ``helpers`` module (``plots`` as one) and the ``helpers`` modules it imports,
+    at module level or inside a function, read from the source."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "helpers").rglob("*.py")):
+        parts = path.relative_to(ROOT / "helpers").with_suffix("").parts
+        name = parts[0] if parts[0] != "__init__" else "helpers"
+        found = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers"):
+                module = node.module.split(".")
+                found |= {a.name for a in node.names} if module == ["helpers"] else {module[1]}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("helpers.")}
+        found.discard(name)
+    return graph
+
+
+def test_helpers_modules_import_without_a_cycle_as_architecture_md_says():
+    """``docs/architecture.md``: data flows one way, and no module imports one above it, at
+    module level or inside a function. So the import graph, function-level imports included,
+    has no cycle; the bottom row imports no ``helpers`` module; and every module has its row."""
+    graph = _helpers_imports()
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name not in done:
+            for imported in sorted(graph.get(name, ())):
+                visit(imported, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    for bottom in ("online", "files", "cpu", "platforms"):
+        assert not graph[bottom], f"{bottom} imports {sorted(graph[bottom])}"
+    architecture = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [n for n in graph if n not in ("helpers", "__main__") and f"`{n}" not in architecture]
+    assert not missing, f"modules without a row in docs/architecture.md: {missing}"
