@@ -105,8 +105,9 @@ def run_epoch(
     """
     training = optimizer is not None
     model.train(training)
-    use_amp = autocast_dtype(device) is not None
-    amp_dtype = autocast_dtype(device) or torch.float16  # bfloat16 from capability 8.0
+    chosen = autocast_dtype(device)  # bfloat16 from capability 8.0, float16 below, None off CUDA
+    use_amp = chosen is not None
+    amp_dtype = chosen or torch.float16
     # bfloat16 has float32's exponent range, so only float16 needs its loss scaled
     scaling = use_amp and amp_dtype == torch.float16 and scaler is not None and scaler.is_enabled()
     total_loss, total_weight = 0.0, 0.0
@@ -277,16 +278,16 @@ def train(
         weights = _loss_weights(run.criterion)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    fingerprint = data.fingerprint()
     if resuming:
         _same_loss_as_before(run_dir, weights)  # refused before anything is restored or written
-        history, best = _restore(run_dir, config, dev, run, data.fingerprint())
+        history, best = _restore(run_dir, config, dev, run, fingerprint)
         _record_resume(run_dir, config, len(history))
     else:
         write_manifest(run_dir, data.manifest)
-        _write_config(run_dir, config, run.model, dev, data, weights)
+        _write_config(run_dir, config, run.model, dev, data, weights, fingerprint)
         write_input_stats(run_dir, data.splits["train"], config.seed)  # for the input check
 
-    fingerprint = data.fingerprint()
     fast = with_folded_prefix(run.model)  # the same function, faster when a prefix is frozen
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(len(history), last_epoch):
@@ -444,9 +445,10 @@ def _write_config(
     device: torch.device,
     data: PreparedData,
     weights: dict[str, float] | None,
+    fingerprint: str,
 ) -> None:
     """``config.json``: the recipe, the weights, the device, the data of this run (its images
-    are in ``manifest.csv``, whose fingerprint is recorded), the versions and the commit."""
+    are in ``manifest.csv``, whose ``fingerprint`` is recorded), the versions and the commit."""
     splits = ("train", "val", "test")
     write_run_config(
         run_dir,
@@ -461,7 +463,7 @@ def _write_config(
                 "source": data.location.source,
                 "is_demo": data.location.is_demo,
                 "manifest": "manifest.csv",
-                "fingerprint": data.fingerprint(),
+                "fingerprint": fingerprint,
                 "counts": {s: int(len(data.splits[s])) for s in splits},
                 "test_halves": halves_description(data.manifest),
                 "skipped_files": 0 if data.scanned is None else int(len(data.scanned.problems)),
