@@ -143,8 +143,11 @@ def _score(
 # --- evaluating a run folder ------------------------------------------------------------------------
 
 
-def _decodable_rows(data: PreparedData, split: str) -> tuple[list[int], list[int]]:
-    """Cache rows and targets of the images to score; a warning counts those left out."""
+def _decodable_rows(
+    data: PreparedData, split: str
+) -> tuple[list[int], list[int], list[dict[str, str]]]:
+    """Cache rows and targets of the images to score, and those left out (``path``,
+    ``reason``), which a warning counts."""
     indices, targets = data.rows(split)
     left_out = data.left_out(split)
     if left_out:
@@ -156,7 +159,7 @@ def _decodable_rows(data: PreparedData, split: str) -> tuple[list[int], list[int
         )
     if not indices:
         raise DatasetError(f"{data.location.root}: none of the {split} images could be decoded")
-    return indices, targets
+    return indices, targets, left_out
 
 
 def _validation_data(
@@ -265,7 +268,7 @@ def evaluate_run(
     except DatasetError as err:
         raise DatasetError(f"cannot evaluate {run_dir}: {err}") from err
     root = data.location.root
-    indices, targets = _decodable_rows(data, split)
+    indices, targets, left_out = _decodable_rows(data, split)
     y, p = _score(model, data.cache, indices, targets, config, dev, tta)
     if split == "val":  # the threshold from the scores just computed, not a second pass
         threshold, source = _validation_threshold(model, data, "", config, dev, tta, (y, p))
@@ -280,7 +283,6 @@ def evaluate_run(
     metrics = split_metrics(y, p, scored["patient"].tolist(), threshold, n_resamples, config.seed)
     metrics["val_threshold"]["source"] = source
     metrics["val_threshold"] = {key: metrics["val_threshold"][key] for key in VAL_THRESHOLD_KEYS}
-    left_out = data.left_out(split)
     metrics.update(
         n_left_out=len(left_out),
         left_out=left_out,
