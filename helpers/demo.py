@@ -162,8 +162,7 @@ def make_demo_dataset(out: str | Path, n_images: int = 600, seed: int = 42) -> P
     if root.exists():
         if _is_complete(root, settings):
             return root
-        if not (root / MARKER).is_file():
-            raise FileExistsError(f"{root} exists and is not a demo dataset: not overwriting it")
+        _refuse_other_data(root)
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
@@ -186,6 +185,13 @@ def make_demo_dataset(out: str | Path, n_images: int = 600, seed: int = 42) -> P
         if tmp.exists():
             shutil.rmtree(tmp)
     return root
+
+
+def _refuse_other_data(root: Path) -> None:
+    """Raise :class:`FileExistsError` when ``root`` is not a demo dataset (no marker): real
+    data found there is never overwritten."""
+    if not (root / MARKER).is_file():
+        raise FileExistsError(f"{root} exists and is not a demo dataset: not overwriting it")
 
 
 def _contents(root: Path) -> dict[str, int]:
@@ -216,8 +222,7 @@ def _publish(tmp: Path, root: Path, settings: dict[str, int]) -> None:
     if root.exists():
         if _is_complete(root, settings):
             return
-        if not (root / MARKER).is_file():
-            raise FileExistsError(f"{root} exists and is not a demo dataset: not overwriting it")
+        _refuse_other_data(root)
         aside = Path(tempfile.mkdtemp(prefix=".demo-old-", dir=root.parent))
         try:
             root.rename(aside / root.name)
