@@ -59,6 +59,12 @@ class NotebookError(RuntimeError):
 # --- inside the notebooks -----------------------------------------------------------------
 
 
+def _mode_and_size(config: Config) -> tuple[str, str]:
+    """How :func:`show_setup` and :func:`show_run` name a recipe's mode and image size."""
+    mode = "QUICK (small images, few epochs, a subset)" if config.quick else "full"
+    return mode, f"{config.image_size}x{config.image_size}"
+
+
 def show_setup(config: Config, location: DatasetLocation) -> None:
     """Print the few facts a reader needs before trusting any output of a notebook.
 
@@ -73,8 +79,7 @@ def show_setup(config: Config, location: DatasetLocation) -> None:
             "number or figure from it says anything about pneumonia. See data/README.md for the "
             "real dataset. ***"
         )
-    mode = "QUICK (small images, few epochs, a subset)" if config.quick else "full"
-    size = f"{config.image_size}x{config.image_size}"
+    mode, size = _mode_and_size(config)
     print(f"recipe:  {mode}; images {size}, up to {config.epochs} epochs, seed {config.seed}")
     print(f"weights: {WEIGHTS_NAMES.get(config.pretrained, config.pretrained)}")
     print(f"outputs: {outputs_dir()}")
@@ -94,8 +99,7 @@ def show_run(run_dir: Path, config: Config, checkpoint: dict[str, Any]) -> None:
     the run they find may differ (a run trained on a CPU uses 128 px, not 256), and every
     number they show is this run's, so they print its own recipe too.
     """
-    mode = "QUICK (small images, few epochs, a subset)" if config.quick else "full"
-    size = f"{config.image_size}x{config.image_size}"
+    mode, size = _mode_and_size(config)
     print(f"run:     {run_dir}")
     print(
         f"recipe:  {mode}; images {size}, weights {checkpoint.get('weights_used', 'unknown')}, "
